@@ -1,0 +1,1 @@
+"""Backbones: each returns a dict of feature maps keyed by stage name."""

@@ -1,0 +1,101 @@
+"""VGG-16 (Simonyan & Zisserman, 2015), with or without BatchNorm, as a feature extractor.
+
+Returns the feature maps FCN-style heads read: `conv1_2` ... `conv5_3`,
+`pool1` ... `pool5` (strides 2 ... 32) and, with `fc='conv'`, `fc6` / `fc7`
+(the classifier's fully connected layers as 7x7 VALID and 1x1 convolutions,
+each followed by ReLU and channel dropout, as in FCN).
+
+Layer names follow the FCN / pytorch-fcn convention (`conv1_1` ... `conv5_3`,
+`fc6`, `fc7`); `jaxseg.weights` maps torchvision's `features.N` /
+`classifier.N` keys onto them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from jaxseg import layers
+from jaxseg.registry import register_backbone
+
+Array = jax.Array
+
+# (stage, number of convs, channels)
+VGG16_STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+CONV_NAMES = tuple(f'conv{s}_{i}' for s, n, _ in VGG16_STAGES for i in range(1, n + 1))
+
+
+def max_pool(x: Array, ceil_mode: bool) -> Array:
+  """2x2/2 max pooling; ceil_mode keeps the partial border window (Caffe/FCN)."""
+  if ceil_mode:
+    h, w = x.shape[1:3]
+    pad = ((0, h % 2), (0, w % 2))
+    return nn.max_pool(x, (2, 2), (2, 2), padding=pad) if (h % 2 or w % 2) else nn.max_pool(x, (2, 2), (2, 2))
+  return nn.max_pool(x, (2, 2), (2, 2))
+
+
+class VGG16(nn.Module):
+  """VGG-16 feature extractor.
+
+  Attributes:
+    batch_norm: VGG16-BN (conv-BN-ReLU) instead of conv-ReLU.
+    first_padding: padding of conv1_1 (1 normally, 100 in FCN so that any input size works).
+    ceil_mode: ceil-mode pooling (FCN/Caffe) instead of floor (torchvision).
+    fc: None for the convolutional part only, 'conv' to add fc6 (7x7 VALID, 4096) and fc7 (1x1, 4096).
+    fc_dropout: channel dropout rate after fc6 and fc7.
+    dtype: computation dtype.
+  """
+
+  batch_norm: bool = False
+  first_padding: int = 1
+  ceil_mode: bool = False
+  fc: str | None = None
+  fc_dropout: float = 0.5
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+    layers.check_image_batch(x, 'VGG16', channels=3)
+    feats = {}
+    for stage, n_convs, ch in VGG16_STAGES:
+      for i in range(1, n_convs + 1):
+        name = f'conv{stage}_{i}'
+        pad = self.first_padding if name == 'conv1_1' else 1
+        if self.batch_norm:
+          x = layers.ConvBNReLU(ch, 3, padding=pad, dtype=self.dtype, name=name)(x, train=train)
+        else:
+          x = nn.relu(layers.Conv2d(ch, 3, padding=pad, dtype=self.dtype, name=name)(x))
+      feats[f'conv{stage}_{n_convs}'] = x
+      x = max_pool(x, self.ceil_mode)
+      feats[f'pool{stage}'] = x
+    if self.fc == 'conv':
+      if min(x.shape[1:3]) < 7:
+        raise ValueError(
+          f'VGG16 fc6 is a 7x7 VALID convolution and needs pool5 of at least 7x7, got {tuple(x.shape[1:3])}; '
+          'use a larger input (>= 193 px with first_padding=1, any size with FCN padding 100).'
+        )
+      x = nn.relu(layers.Conv2d(4096, 7, padding=0, dtype=self.dtype, name='fc6')(x))
+      x = layers.Dropout2d(self.fc_dropout)(x, train=train)
+      feats['fc6'] = x
+      x = nn.relu(layers.Conv2d(4096, 1, padding=0, dtype=self.dtype, name='fc7')(x))
+      x = layers.Dropout2d(self.fc_dropout)(x, train=train)
+      feats['fc7'] = x
+    elif self.fc is not None:
+      raise ValueError(f"VGG16 fc must be None or 'conv', got {self.fc!r}")
+    return feats
+
+
+@register_backbone('vgg16')
+def vgg16(**kwargs) -> VGG16:
+  return VGG16(batch_norm=False, **kwargs)
+
+
+@register_backbone('vgg16_bn')
+def vgg16_bn(**kwargs) -> VGG16:
+  return VGG16(batch_norm=True, **kwargs)
+
+
+VGG16FCN = functools.partial(VGG16, first_padding=100, ceil_mode=True, fc='conv')

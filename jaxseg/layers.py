@@ -1,0 +1,284 @@
+"""Small shared modules: the convolution layers every model goes through.
+
+All convolutions of all models are `Conv2d` / `ConvTranspose2d` from this file,
+so a faster lowering (see issue "Performance") is changed in one place and
+every model gets it. Parameter names follow flax (`kernel`, `bias`, `scale`,
+`mean`, `var`); layouts are HWIO for convolutions and (kh, kw, out, in) for
+transposed convolutions (PyTorch's ConvTranspose2d weight permuted by
+(2, 3, 1, 0), the same permutation as Conv2d's OIHW -> HWIO).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+IntOr2 = int | Sequence[int]
+
+# PyTorch's default Conv2d init (kaiming_uniform with a=sqrt(5)) has variance 1/(3 fan_in).
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def _pair(v: IntOr2) -> tuple[int, int]:
+  if isinstance(v, int):
+    return (v, v)
+  v = tuple(int(i) for i in v)
+  if len(v) != 2:
+    raise ValueError(f'expected an int or a pair, got {v!r}')
+  return v
+
+
+def _padding(padding, kernel, dilation) -> str | list[tuple[int, int]]:
+  if isinstance(padding, str):
+    padding = padding.upper()
+    if padding not in ('SAME', 'VALID'):
+      raise ValueError(f"padding must be an int, pairs, 'SAME' or 'VALID', got {padding!r}")
+    if padding == 'SAME':
+      # PyTorch-style symmetric "same" for stride 1 (odd effective kernels).
+      return [((d * (k - 1)) // 2, d * (k - 1) - (d * (k - 1)) // 2) for k, d in zip(kernel, dilation)]
+    return 'VALID'
+  if isinstance(padding, int):
+    return [(padding, padding), (padding, padding)]
+  pads = list(padding)
+  if all(isinstance(p, int) for p in pads):
+    return [(pads[0], pads[0]), (pads[1], pads[1])]
+  return [tuple(p) for p in pads]
+
+
+def bilinear_kernel(kernel_size: int) -> np.ndarray:
+  """The 2-D bilinear upsampling filter FCN initialises its deconvolutions with."""
+  factor = (kernel_size + 1) // 2
+  center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+  og = np.ogrid[:kernel_size, :kernel_size]
+  return ((1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)).astype(np.float32)
+
+
+def bilinear_init(key, shape, dtype=jnp.float32):
+  """Initialiser for a (kh, kw, out, in) transposed-conv kernel: bilinear on the diagonal."""
+  del key
+  kh, kw, out_ch, in_ch = shape
+  if kh != kw:
+    raise ValueError(f'bilinear_init needs a square kernel, got {(kh, kw)}')
+  w = np.zeros(shape, np.float32)
+  filt = bilinear_kernel(kh)
+  for i in range(min(out_ch, in_ch)):
+    w[:, :, i, i] = filt
+  return jnp.asarray(w, dtype)
+
+
+class Conv2d(nn.Module):
+  """2-D convolution on NHWC inputs (PyTorch Conv2d semantics).
+
+  Attributes:
+    features: output channels.
+    kernel_size: int or (kh, kw).
+    strides: int or pair.
+    padding: int, pair of ints, explicit ((top, bottom), (left, right)), 'SAME' or 'VALID'.
+    dilation: int or pair; lowers to `rhs_dilation` (atrous convolution).
+    groups: feature groups (groups == in_channels is a depthwise convolution).
+    use_bias: whether to add a bias.
+    dtype: computation dtype (e.g. jnp.bfloat16); None keeps the input's.
+    param_dtype: parameter dtype.
+    kernel_init, bias_init: initialisers.
+  """
+
+  features: int
+  kernel_size: IntOr2 = 3
+  strides: IntOr2 = 1
+  padding: Any = 0
+  dilation: IntOr2 = 1
+  groups: int = 1
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = torch_default_init
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kh, kw = _pair(self.kernel_size)
+    in_ch = x.shape[-1]
+    if in_ch % self.groups:
+      raise ValueError(f'{self.name}: {in_ch} input channels are not divisible by groups={self.groups}')
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, in_ch // self.groups, self.features), self.param_dtype)
+    dtype = self.dtype or x.dtype
+    dilation = _pair(self.dilation)
+    y = jax.lax.conv_general_dilated(
+      x.astype(dtype),
+      kernel.astype(dtype),
+      window_strides=_pair(self.strides),
+      padding=_padding(self.padding, (kh, kw), dilation),
+      rhs_dilation=dilation,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=self.groups,
+    )
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+    return y
+
+
+class ConvTranspose2d(nn.Module):
+  """Transposed convolution with PyTorch ConvTranspose2d semantics (NHWC).
+
+  Output size is `(in - 1) * stride - 2 * padding + kernel + output_padding`.
+  The kernel is stored (kh, kw, out, in).
+
+  Attributes:
+    features: output channels.
+    kernel_size: int or pair.
+    strides: int or pair.
+    padding: int or pair (PyTorch's `padding`: cropped from each side).
+    output_padding: int or pair added to the bottom/right.
+    use_bias: whether to add a bias (FCN's upsampling layers have none).
+    dtype, param_dtype, kernel_init, bias_init: as in `Conv2d`.
+  """
+
+  features: int
+  kernel_size: IntOr2 = 2
+  strides: IntOr2 = 2
+  padding: IntOr2 = 0
+  output_padding: IntOr2 = 0
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Callable = torch_default_init
+  bias_init: Callable = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kh, kw = _pair(self.kernel_size)
+    sh, sw = _pair(self.strides)
+    ph, pw = _pair(self.padding)
+    oph, opw = _pair(self.output_padding)
+    in_ch = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, self.features, in_ch), self.param_dtype)
+    dtype = self.dtype or x.dtype
+    # A transposed conv is a conv of the stride-dilated input with the spatially
+    # flipped, in/out-swapped kernel, padded by k - 1 - p on each side.
+    rhs = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2).astype(dtype)
+    y = jax.lax.conv_general_dilated(
+      x.astype(dtype),
+      rhs,
+      window_strides=(1, 1),
+      padding=[(kh - 1 - ph, kh - 1 - ph + oph), (kw - 1 - pw, kw - 1 - pw + opw)],
+      lhs_dilation=(sh, sw),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
+    if self.use_bias:
+      y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+    return y
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch's running-statistics rule.
+
+  Differs from `flax.linen.BatchNorm` in one way that matters for parity after
+  a training step: the running variance is updated with the *unbiased* batch
+  variance, as PyTorch does. `momentum` is the decay of the running average
+  (PyTorch momentum 0.1 == 0.9 here). With `axis_name` set, batch statistics
+  are averaged over that pmap/shard_map axis (synchronised BatchNorm).
+
+  Attributes:
+    momentum: running-average decay.
+    epsilon: added to the variance.
+    axis_name: collective axis to synchronise statistics over, or None.
+    dtype: output dtype (statistics are always computed in float32).
+  """
+
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: str | None = None
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones_init(), (c,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (c,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    xf = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      mean_sq = jnp.mean(jnp.square(xf), axes)
+      count = np.prod([x.shape[a] for a in axes])
+      if self.axis_name is not None:
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+        count = count * jax.lax.psum(1, self.axis_name)
+      var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        unbiased = var * (count / jnp.maximum(count - 1, 1))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    inv = jax.lax.rsqrt(var + self.epsilon) * scale
+    y = (xf - mean) * inv + bias
+    return y.astype(self.dtype or x.dtype)
+
+
+class ConvBNReLU(nn.Module):
+  """Conv2d -> BatchNorm -> ReLU (the seed notes' CBR block).
+
+  Attributes mirror `Conv2d`; `relu=False` drops the activation.
+  """
+
+  features: int
+  kernel_size: IntOr2 = 3
+  strides: IntOr2 = 1
+  padding: Any = 1
+  dilation: IntOr2 = 1
+  groups: int = 1
+  use_bias: bool = True
+  relu: bool = True
+  dtype: Any = None
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    x = Conv2d(
+      self.features,
+      self.kernel_size,
+      self.strides,
+      self.padding,
+      self.dilation,
+      self.groups,
+      self.use_bias,
+      dtype=self.dtype,
+      name='conv',
+    )(x)
+    x = BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='bn')(x, train=train)
+    return nn.relu(x) if self.relu else x
+
+
+class Dropout2d(nn.Module):
+  """Channel-wise dropout (PyTorch Dropout2d): whole feature maps are zeroed.
+
+  Attributes:
+    rate: drop probability.
+  """
+
+  rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    return nn.Dropout(self.rate, broadcast_dims=(1, 2))(x, deterministic=not train)
+
+
+def check_image_batch(x: Array, name: str, *, channels: int | None = None, min_size: int = 1) -> None:
+  """Validates a model input: NHWC float array with the expected channels and size."""
+  if not hasattr(x, 'ndim') or x.ndim != 4:
+    shape = getattr(x, 'shape', type(x).__name__)
+    raise ValueError(f'{name} expects an NHWC batch of rank 4 (N, H, W, C), got shape {shape}.')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f'{name} expects a floating-point input (normalised image), got dtype {x.dtype}.')
+  if channels is not None and x.shape[-1] != channels:
+    raise ValueError(f'{name} expects {channels} input channels (NHWC, channels last), got {x.shape[-1]} (shape {tuple(x.shape)}).')
+  if min(x.shape[1], x.shape[2]) < min_size:
+    raise ValueError(f'{name} needs H and W >= {min_size}, got {tuple(x.shape[1:3])}.')

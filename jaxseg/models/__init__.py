@@ -1,0 +1,1 @@
+"""Segmentation models, one module per family; each registers itself in jaxseg.registry."""

@@ -1,0 +1,283 @@
+"""Strict conversion between PyTorch state dicts and Flax variables.
+
+A *layout* says, for one registered model or backbone, which PyTorch key holds
+each Flax variable: `key_fn(module_path) -> torch module prefix`. The leaf
+suffix and the array transform follow from the Flax leaf:
+
+  params/kernel (4-D)   <- `weight` OIHW -> HWIO (also ConvTranspose2d (in, out, kh, kw)
+                           -> (kh, kw, out, in), the layout of jaxseg.layers.ConvTranspose2d)
+  params/kernel (2-D)   <- `weight` (out, in) -> (in, out)   (Linear)
+  params/bias           <- `bias`
+  params/scale          <- `weight`                          (BatchNorm)
+  batch_stats/mean, var <- `running_mean`, `running_var`
+
+Every Flax variable must be found with the right shape and every PyTorch key
+must be used (`num_batches_tracked` aside, and keys a layout declares
+irrelevant, such as an ImageNet classifier when only the backbone is wanted);
+otherwise one `WeightsError` lists all missing keys, unused keys and shape
+mismatches. Nothing is ever partially loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LEAF_SUFFIX = {
+  ('params', 'kernel'): 'weight',
+  ('params', 'bias'): 'bias',
+  ('params', 'scale'): 'weight',
+  ('batch_stats', 'mean'): 'running_mean',
+  ('batch_stats', 'var'): 'running_var',
+}
+
+
+class WeightsError(ValueError):
+  """A state dict does not fit the model: lists every missing, unused or mis-shaped key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How one registered model/backbone maps onto a PyTorch state dict.
+
+  Attributes:
+    key_fn: Flax module path (tuple of names) -> PyTorch module prefix.
+    kind: 'model' or 'backbone' (which registry builds it).
+    input_shape: example NHWC input used (with jax.eval_shape, no compute) to get the variable shapes.
+    preprocess: optional fn(state_dict, target_flat_shapes) -> state_dict bringing a
+      source file into canonical form (e.g. VGG Linear fc6 -> 7x7 conv weights).
+    ignore: regexes of PyTorch keys that are legitimately unused (e.g. an ImageNet classifier).
+    num_classes_key: PyTorch key whose first dimension is num_classes (to infer it).
+    description: the PyTorch implementation whose layout this is.
+  """
+
+  key_fn: Callable[[tuple[str, ...]], str]
+  kind: str = 'model'
+  input_shape: tuple[int, ...] = (1, 224, 224, 3)
+  preprocess: Callable[[dict, dict], dict] | None = None
+  ignore: tuple[str, ...] = ()
+  num_classes_key: str | None = None
+  description: str = ''
+
+
+LAYOUTS: dict[str, Layout] = {}
+
+
+def register_layout(name: str, layout: Layout) -> None:
+  if name in LAYOUTS:
+    raise ValueError(f'weights layout {name!r} is already registered.')
+  LAYOUTS[name] = layout
+
+
+def get_layout(name: str) -> Layout:
+  from jaxseg.registry import _load_all
+
+  _load_all()
+  _load_layouts()
+  if name not in LAYOUTS:
+    raise ValueError(
+      f'No PyTorch layout is known for {name!r}. Known: {", ".join(sorted(LAYOUTS))}.'
+    )
+  return LAYOUTS[name]
+
+
+_LAYOUTS_LOADED = False
+
+
+def _load_layouts() -> None:
+  global _LAYOUTS_LOADED
+  if _LAYOUTS_LOADED:
+    return
+  _LAYOUTS_LOADED = True
+  import importlib
+  import pkgutil
+
+  import jaxseg.weights as pkg
+
+  for info in pkgutil.iter_modules(pkg.__path__):
+    if info.name.startswith('layouts_'):
+      importlib.import_module(f'jaxseg.weights.{info.name}')
+
+
+def _to_numpy(v) -> np.ndarray:
+  if hasattr(v, 'detach'):  # torch.Tensor, without importing torch
+    v = v.detach().cpu()
+    if str(v.dtype) == 'torch.bfloat16':
+      v = v.float()
+    return v.numpy()
+  return np.asarray(v)
+
+
+def load_state_dict(source) -> dict[str, np.ndarray]:
+  """Reads a state dict from a mapping or a file (.pth/.pt, .safetensors, .npz) as NumPy arrays.
+
+  `.pth` files are read with `torch.load(..., weights_only=True)`: a file that
+  needs arbitrary unpickling is refused, never executed. A checkpoint that wraps
+  the weights under 'state_dict', 'model_state_dict' or 'model' is unwrapped.
+  """
+  if isinstance(source, Mapping):
+    sd = source
+  else:
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'weights file not found: {path}')
+    ext = os.path.splitext(path)[1].lower()
+    if ext in ('.pth', '.pt', '.bin', '.ckpt'):
+      try:
+        import torch
+      except ImportError as e:
+        raise ImportError(
+          f'reading {path} needs PyTorch (pip install torch); .safetensors and .npz files do not.'
+        ) from e
+      try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+      except Exception as e:  # pickle.UnpicklingError and friends
+        raise WeightsError(
+          f'{path} could not be loaded with torch.load(weights_only=True): {e}. jaxseg never unpickles '
+          'arbitrary objects; re-save the file as a plain state dict (or .safetensors).'
+        ) from e
+    elif ext == '.safetensors':
+      from safetensors.numpy import load_file
+
+      sd = load_file(path)
+    elif ext == '.npz':
+      with np.load(path, allow_pickle=False) as z:
+        sd = {k: z[k] for k in z.files}
+    else:
+      raise ValueError(f'unsupported weights file {path!r}: expected .pth/.pt, .safetensors or .npz.')
+  for wrapper in ('state_dict', 'model_state_dict', 'model'):
+    if wrapper in sd and isinstance(sd[wrapper], Mapping):
+      sd = sd[wrapper]
+  out = {}
+  for k, v in sd.items():
+    if k.startswith('module.'):  # DataParallel prefix
+      k = k[len('module.') :]
+    out[str(k)] = _to_numpy(v)
+  return out
+
+
+def _torch_to_flax(arr: np.ndarray, flax_ndim: int) -> np.ndarray:
+  if flax_ndim == 4 and arr.ndim == 4:
+    return arr.transpose(2, 3, 1, 0)
+  if flax_ndim == 2 and arr.ndim == 2:
+    return arr.T
+  return arr
+
+
+def _flax_to_torch(arr: np.ndarray) -> np.ndarray:
+  if arr.ndim == 4:
+    return arr.transpose(3, 2, 0, 1)
+  if arr.ndim == 2:
+    return arr.T
+  return arr
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+  return _flax_to_torch(np.empty(flax_shape, np.int8)).shape
+
+
+def flat_key_map(target: Mapping, key_fn: Callable) -> dict[tuple, str]:
+  """{flax path (collection, *modules, leaf): torch key} for every variable of `target`."""
+  out = {}
+  for path in flax.traverse_util.flatten_dict(flax.core.unfreeze(target)):
+    collection, *modules, leaf = path
+    suffix = LEAF_SUFFIX.get((collection, leaf))
+    if suffix is None:
+      raise ValueError(f'no PyTorch counterpart for Flax variable {"/".join(path)}')
+    out[path] = f'{key_fn(tuple(modules))}.{suffix}'
+  return out
+
+
+def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layout, name: str = '') -> dict:
+  """Builds Flax variables shaped like `target` (arrays or ShapeDtypeStructs) from `state_dict`."""
+  flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
+  sd = dict(state_dict)
+  if layout.preprocess is not None:
+    sd = layout.preprocess(sd, flat_target)
+  keymap = flat_key_map(target, layout.key_fn)
+  missing, mismatched, out = [], [], {}
+  used = set()
+  for path, tkey in keymap.items():
+    want = tuple(flat_target[path].shape)
+    if tkey not in sd:
+      missing.append(f'{tkey} (for {"/".join(path)}, expected torch shape {_torch_shape(want)})')
+      continue
+    used.add(tkey)
+    arr = _torch_to_flax(np.asarray(sd[tkey]), len(want))
+    if tuple(arr.shape) != want:
+      mismatched.append(
+        f'{tkey}: checkpoint has {tuple(np.asarray(sd[tkey]).shape)}, model expects {_torch_shape(want)}'
+      )
+      continue
+    out[path] = jnp.asarray(arr, dtype=flat_target[path].dtype)
+  ignore = [re.compile(p) for p in layout.ignore] + [re.compile(r'.*num_batches_tracked$')]
+  unused = sorted(k for k in sd if k not in used and not any(p.fullmatch(k) for p in ignore))
+  if missing or mismatched or unused:
+    lines = [f'State dict does not fit {name or "the model"}:']
+    for title, items in (('missing keys', missing), ('shape mismatches', mismatched), ('unused keys', unused)):
+      if items:
+        lines.append(f'  {title} ({len(items)}):')
+        lines.extend(f'    {s}' for s in items[:50])
+        if len(items) > 50:
+          lines.append(f'    ... and {len(items) - 50} more')
+    raise WeightsError('\n'.join(lines))
+  return flax.traverse_util.unflatten_dict(out)
+
+
+def export(variables: Mapping, layout: Layout) -> dict[str, np.ndarray]:
+  """Flax variables -> PyTorch-layout state dict (NumPy arrays)."""
+  keymap = flat_key_map(variables, layout.key_fn)
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
+  sd = {}
+  for path, tkey in keymap.items():
+    sd[tkey] = np.ascontiguousarray(_flax_to_torch(np.asarray(jax.device_get(flat[path]))))
+    if path[0] == 'batch_stats' and path[-1] == 'mean':
+      sd[tkey.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
+  return sd
+
+
+def build(name: str, layout: Layout, **model_kwargs) -> Any:
+  from jaxseg.registry import create_backbone, create_model
+
+  if layout.kind == 'backbone':
+    return create_backbone(name, **model_kwargs)
+  return create_model(name, **model_kwargs)
+
+
+def target_shapes(module, input_shape) -> dict:
+  x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+  return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), train=False))
+
+
+def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
+  """Converts a PyTorch state dict (or file) for registered model/backbone `name` to Flax variables.
+
+  Args:
+    name: a registered model or backbone name with a known PyTorch layout.
+    state_dict_or_path: a state dict (tensors or arrays) or a .pth/.safetensors/.npz path.
+    **model_kwargs: passed to `create_model` / `create_backbone` (e.g. num_classes,
+      which is inferred from the checkpoint when omitted).
+
+  Returns:
+    `{'params': ..., 'batch_stats': ...}` ready for `model.apply`.
+  """
+  layout = get_layout(name)
+  sd = load_state_dict(state_dict_or_path)
+  if layout.kind == 'model' and 'num_classes' not in model_kwargs:
+    if layout.num_classes_key is None or layout.num_classes_key not in sd:
+      raise ValueError(f'from_torch({name!r}): pass num_classes= (it cannot be read from the checkpoint).')
+    model_kwargs['num_classes'] = int(sd[layout.num_classes_key].shape[0])
+  module = build(name, layout, **model_kwargs)
+  return convert(sd, target_shapes(module, layout.input_shape), layout, name)
+
+
+def to_torch(name: str, variables: Mapping) -> dict[str, np.ndarray]:
+  """Exports Flax variables of `name` to its PyTorch layout (NumPy arrays; wrap with torch.from_numpy)."""
+  return export(variables, get_layout(name))

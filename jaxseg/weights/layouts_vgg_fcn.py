@@ -1,0 +1,77 @@
+"""PyTorch layouts of VGG-16 (torchvision) and FCN-32s/16s/8s (pytorch-fcn / torchfcn)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxseg.backbones.vgg import CONV_NAMES
+from jaxseg.weights.core import Layout, register_layout
+
+
+def _torchvision_vgg_index(batch_norm: bool) -> dict[str, int]:
+  """conv name -> index in torchvision's `features` Sequential."""
+  index, i = {}, 0
+  for name in CONV_NAMES:
+    index[name] = i
+    i += 3 if batch_norm else 2  # conv, (bn), relu
+    if name.endswith(('1_2', '2_2', '3_3', '4_3', '5_3')):
+      i += 1  # max pool
+  return index
+
+
+def _vgg_key_fn(batch_norm: bool):
+  index = _torchvision_vgg_index(batch_norm)
+
+  def key_fn(path: tuple[str, ...]) -> str:
+    path = tuple(p for p in path if p != 'backbone')
+    head = path[0]
+    if head == 'fc6':
+      return 'classifier.0'
+    if head == 'fc7':
+      return 'classifier.3'
+    i = index[head]
+    if batch_norm:
+      return f'features.{i + (1 if path[1] == "bn" else 0)}'
+    return f'features.{i}'
+
+  return key_fn
+
+
+def linear_fc_to_conv(sd: dict, flat_target: dict) -> dict:
+  """ImageNet VGG classifier Linear weights -> fc6 7x7 / fc7 1x1 conv weights (as FCN does)."""
+  sd = dict(sd)
+  for key, (k, cin) in (('classifier.0.weight', (7, 512)), ('classifier.3.weight', (1, 4096))):
+    if key in sd and np.asarray(sd[key]).ndim == 2:
+      sd[key] = np.asarray(sd[key]).reshape(-1, cin, k, k)
+  return sd
+
+
+for _bn in (False, True):
+  register_layout(
+    'vgg16_bn' if _bn else 'vgg16',
+    Layout(
+      key_fn=_vgg_key_fn(_bn),
+      kind='backbone',
+      preprocess=linear_fc_to_conv,
+      # The ImageNet classifier is not part of the feature extractor; fc6/fc7 are
+      # used when the backbone is built with fc='conv'.
+      ignore=(r'classifier\.6\..*', r'classifier\.[03]\..*'),
+      description='torchvision.models.vgg16 / vgg16_bn',
+    ),
+  )
+
+
+def _fcn_key_fn(path: tuple[str, ...]) -> str:
+  return '.'.join(p for p in path if p != 'backbone')
+
+
+for _name in ('fcn32s', 'fcn16s', 'fcn8s'):
+  register_layout(
+    _name,
+    Layout(
+      key_fn=_fcn_key_fn,
+      input_shape=(1, 32, 32, 3),
+      num_classes_key='score_fr.weight',
+      description='pytorch-fcn (torchfcn.models.FCN32s/FCN16s/FCN8s)',
+    ),
+  )

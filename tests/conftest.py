@@ -1,0 +1,53 @@
+"""Shared test helpers: seeded torch models, NHWC <-> NCHW, relative error."""
+
+import os
+
+# Tests that need several devices set this before JAX starts (see test_train_multidevice);
+# everything else runs on one CPU device.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+import numpy as np
+import pytest
+
+
+def rel_err(a, b) -> float:
+  """max |a - b| / max |b| (relative to the reference's scale)."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def to_nchw(x):
+  return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+
+
+def to_nhwc(x):
+  return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def randomize_torch(module, seed=0, scale=None):
+  """Random weights everywhere (incl. zero-initialised layers and BN stats), deterministic."""
+  import torch
+
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, t in list(module.state_dict().items()):
+      if t.dtype in (torch.float32, torch.float64):
+        if name.endswith('running_var'):
+          t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        elif name.endswith('running_mean'):
+          t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        elif t.ndim >= 2:
+          fan_in = t[0].numel()
+          t.copy_(torch.randn(t.shape, generator=g) * (scale or (2.0 / fan_in) ** 0.5))
+        elif name.endswith('weight'):
+          t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
+        else:
+          t.copy_(0.1 * torch.randn(t.shape, generator=g))
+  return module
+
+
+@pytest.fixture(scope='session')
+def torch_module():
+  torch = pytest.importorskip('torch')
+  torch.set_num_threads(max(1, os.cpu_count() or 1))
+  return torch
