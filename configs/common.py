@@ -1,0 +1,100 @@
+"""The config schema every recipe fills in, and the `smoke` variant.
+
+Sections: `dataset`, `model`, `optim`, `train`, `eval`. Recipes call
+`base_config()` and override fields; `get_config('smoke')` of any recipe calls
+`smoke(config)`, which keeps the model but runs 2 steps on the generated
+dataset at a small size (big_vision's `runlocal` idea), so every recipe can be
+exercised on a laptop and in CI.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'synthetic'  # 'synthetic' (embedded, generated) or 'voc' (TFDS builder, prepared data)
+  c.dataset.config = ''  # builder config, e.g. '2012' or '2012_aug' for VOC
+  c.dataset.data_dir = ''  # where prepared TFDS data lives ('' = TFDS default ~/tensorflow_datasets)
+  c.dataset.num_classes = 21
+  c.dataset.ignore_index = 255
+  c.dataset.train_split = 'train'
+  c.dataset.eval_split = 'val'
+  c.dataset.crop_size = (320, 320)  # training crop (H, W)
+  c.dataset.scale_range = (0.5, 2.0)  # random rescale before the crop
+  c.dataset.flip = True
+  c.dataset.normalize = 'imagenet'  # 'imagenet' (RGB mean/std) or 'caffe' (BGR mean, 0-255: converted Caffe weights)
+  c.dataset.in_channels = 3
+  c.dataset.eval_size = ()  # () = evaluate at full resolution (padded to the batch's max size)
+  c.dataset.num_workers = 0  # grain worker processes (0 = in-process)
+  c.dataset.synthetic_size = 64  # image side of the generated dataset
+  c.dataset.synthetic_train_examples = 512
+  c.dataset.synthetic_eval_examples = 64
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'fcn8s'
+  c.model.kwargs = ml_collections.ConfigDict()  # passed to jaxseg.create_model
+  c.model.backbone_weights = ''  # path to an ImageNet checkpoint for the backbone (.pth/.safetensors/.npz)
+  c.model.weights = ''  # path to a full-model checkpoint in the model's PyTorch layout
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'sgd'  # 'sgd', 'adam' or 'adamw'
+  c.optim.lr = 1e-3
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = 'poly'  # 'poly', 'cosine', 'step' or 'constant'
+  c.optim.power = 0.9  # poly exponent
+  c.optim.step_boundaries = ()  # fractions of num_steps for 'step'
+  c.optim.step_factor = 0.1
+  c.optim.warmup_steps = 0
+  c.optim.head_lr_mult = 1.0  # DeepLab trains the classifier head at 10x
+  c.optim.grad_clip_norm = 0.0  # 0 = off
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 8  # global batch
+  c.train.num_steps = 1000
+  c.train.seed = 0
+  c.train.dtype = 'float32'  # computation dtype: 'float32' or 'bfloat16' (params stay float32)
+  c.train.parallelism = 'jit'  # 'jit' (Mesh + NamedSharding; SyncBN) or 'pmap'
+  c.train.grad_accum_steps = 1
+  c.train.aux_loss_weight = 0.4  # for models with auxiliary heads (PSPNet)
+  c.train.class_weights = ()  # () = unweighted; else one weight per class
+  c.train.log_every = 10
+  c.train.eval_every = 500  # 0 = only at the end
+  c.train.checkpoint_every = 500
+  c.train.max_to_keep = 2
+  c.train.skip_nonfinite = False  # True: skip updates with NaN/inf gradients instead of stopping
+  c.train.distributed = False  # call jax.distributed.initialize() (multi-host)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 8
+  c.eval.scales = (1.0,)
+  c.eval.flip = False
+  c.eval.crf = False
+  return c
+
+
+def smoke(c: ml_collections.ConfigDict, size: int = 64) -> ml_collections.ConfigDict:
+  """2 steps of the same model on the generated dataset at `size` x `size`."""
+  c.dataset.name = 'synthetic'
+  c.dataset.config = ''
+  c.dataset.num_classes = 4
+  c.dataset.crop_size = (size, size)
+  c.dataset.synthetic_size = size
+  c.dataset.synthetic_train_examples = 8
+  c.dataset.synthetic_eval_examples = 4
+  c.dataset.eval_size = ()
+  c.model.backbone_weights = ''
+  c.model.weights = ''
+  c.train.batch_size = 2
+  c.train.num_steps = 2
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  c.train.checkpoint_every = 2
+  c.eval.batch_size = 2
+  c.eval.crf = False
+  return c
