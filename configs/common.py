@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.scales = (1.0,)
   c.eval.flip = False
   c.eval.crf = False
+
+  c.predict = ml_collections.ConfigDict()
+  c.predict.num_images = 0  # > 0: after training, write colour-palette predictions of that many eval images
   return c
 
 

@@ -10,6 +10,7 @@ transposed convolutions (PyTorch's ConvTranspose2d weight permuted by
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -174,6 +175,24 @@ class ConvTranspose2d(nn.Module):
     return y
 
 
+_SYNC_AXIS: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def sync_batch_stats(axis_name: str | None):
+  """Within this context (at trace time) every `BatchNorm` without its own
+  `axis_name` averages batch statistics over the pmap/shard_map axis
+  `axis_name`, so the classic pmap training step computes the same global
+  statistics as the jit + sharding path, without threading the axis name
+  through every model constructor.
+  """
+  _SYNC_AXIS.append(axis_name)
+  try:
+    yield
+  finally:
+    _SYNC_AXIS.pop()
+
+
 class BatchNorm(nn.Module):
   """BatchNorm2d with PyTorch's running-statistics rule.
 
@@ -208,9 +227,10 @@ class BatchNorm(nn.Module):
       mean = jnp.mean(xf, axes)
       mean_sq = jnp.mean(jnp.square(xf), axes)
       count = np.prod([x.shape[a] for a in axes])
-      if self.axis_name is not None:
-        mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
-        count = count * jax.lax.psum(1, self.axis_name)
+      axis_name = self.axis_name or _SYNC_AXIS[-1]
+      if axis_name is not None and not self.is_initializing():
+        mean, mean_sq = jax.lax.pmean((mean, mean_sq), axis_name)
+        count = count * jax.lax.psum(1, axis_name)
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
       if not self.is_initializing():
         unbiased = var * (count / jnp.maximum(count - 1, 1))

@@ -18,24 +18,18 @@ from jaxseg.metrics import check_labels
 Array = jax.Array
 
 
-def cross_entropy(
+def cross_entropy_sum(
   logits: Array,
   labels: Array,
   *,
   ignore_index: int = 255,
   class_weights: Array | None = None,
-) -> Array:
-  """Mean softmax cross-entropy over pixels whose label != ignore_index.
+) -> tuple[Array, Array]:
+  """Summed (weighted) cross-entropy over valid pixels and the summed weight.
 
-  Args:
-    logits: (N, H, W, C) float scores.
-    labels: (N, H, W) integer class ids in [0, C) or ignore_index.
-    ignore_index: label value excluded from the loss.
-    class_weights: optional (C,) weights (e.g. `median_frequency_weights`);
-      the mean is then weighted: sum(w[y] * ce) / sum(w[y]).
-
-  Returns:
-    Scalar float32 loss.
+  `cross_entropy` is `sum / weight`; data-parallel code sums both across
+  devices first so the loss is the mean over the *global* batch's valid pixels.
+  Arguments as in `cross_entropy`.
   """
   if logits.ndim != 4:
     raise ValueError(f'logits must be (N, H, W, C), got shape {tuple(logits.shape)}.')
@@ -56,8 +50,35 @@ def cross_entropy(
     if class_weights.shape != (num_classes,):
       raise ValueError(f'class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}.')
     weight = weight * class_weights[safe]
-  denom = jnp.sum(weight)
-  return jnp.sum(ce * weight) / jnp.maximum(denom, 1e-12) * (denom > 0)
+  return jnp.sum(ce * weight), jnp.sum(weight)
+
+
+def cross_entropy(
+  logits: Array,
+  labels: Array,
+  *,
+  ignore_index: int = 255,
+  class_weights: Array | None = None,
+) -> Array:
+  """Mean softmax cross-entropy over pixels whose label != ignore_index.
+
+  Args:
+    logits: (N, H, W, C) float scores.
+    labels: (N, H, W) integer class ids in [0, C) or ignore_index.
+    ignore_index: label value excluded from the loss.
+    class_weights: optional (C,) weights (e.g. `median_frequency_weights`);
+      the mean is then weighted: sum(w[y] * ce) / sum(w[y]).
+
+  Returns:
+    Scalar float32 loss; 0 (not NaN) when every pixel is ignored.
+  """
+  total, weight = cross_entropy_sum(logits, labels, ignore_index=ignore_index, class_weights=class_weights)
+  return safe_divide(total, weight)
+
+
+def safe_divide(total: Array, weight: Array) -> Array:
+  """total / weight, and 0 where weight == 0 (with a finite gradient)."""
+  return total / jnp.maximum(weight, 1e-12) * (weight > 0)
 
 
 def median_frequency_weights(class_pixels, image_pixels) -> np.ndarray:

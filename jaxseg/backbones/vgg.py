@@ -46,6 +46,8 @@ class VGG16(nn.Module):
     ceil_mode: ceil-mode pooling (FCN/Caffe) instead of floor (torchvision).
     fc: None for the convolutional part only, 'conv' to add fc6 (7x7 VALID, 4096) and fc7 (1x1, 4096).
     fc_dropout: channel dropout rate after fc6 and fc7.
+    width: channel multiplier (1.0 is VGG-16; smaller values give the tiny
+      variants used by the quickstart and fast tests).
     dtype: computation dtype.
   """
 
@@ -54,13 +56,16 @@ class VGG16(nn.Module):
   ceil_mode: bool = False
   fc: str | None = None
   fc_dropout: float = 0.5
+  width: float = 1.0
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
     layers.check_image_batch(x, 'VGG16', channels=3)
+    scaled = lambda ch: max(1, int(round(ch * self.width)))
     feats = {}
     for stage, n_convs, ch in VGG16_STAGES:
+      ch = scaled(ch)
       for i in range(1, n_convs + 1):
         name = f'conv{stage}_{i}'
         pad = self.first_padding if name == 'conv1_1' else 1
@@ -77,10 +82,10 @@ class VGG16(nn.Module):
           f'VGG16 fc6 is a 7x7 VALID convolution and needs pool5 of at least 7x7, got {tuple(x.shape[1:3])}; '
           'use a larger input (>= 193 px with first_padding=1, any size with FCN padding 100).'
         )
-      x = nn.relu(layers.Conv2d(4096, 7, padding=0, dtype=self.dtype, name='fc6')(x))
+      x = nn.relu(layers.Conv2d(scaled(4096), 7, padding=0, dtype=self.dtype, name='fc6')(x))
       x = layers.Dropout2d(self.fc_dropout)(x, train=train)
       feats['fc6'] = x
-      x = nn.relu(layers.Conv2d(4096, 1, padding=0, dtype=self.dtype, name='fc7')(x))
+      x = nn.relu(layers.Conv2d(scaled(4096), 1, padding=0, dtype=self.dtype, name='fc7')(x))
       x = layers.Dropout2d(self.fc_dropout)(x, train=train)
       feats['fc7'] = x
     elif self.fc is not None:

@@ -51,13 +51,19 @@ class FCN(nn.Module):
     num_classes: output channels.
     stride: 32, 16 or 8 (FCN-32s, -16s, -8s).
     dropout: channel dropout after fc6 / fc7.
+    width: backbone channel multiplier (1.0 = the paper; < 1 for tiny variants).
     dtype: computation dtype (e.g. jnp.bfloat16); logits are returned in float32.
   """
 
   num_classes: int
   stride: int = 8
   dropout: float = 0.5
+  width: float = 1.0
   dtype: Any = None
+
+  def backbone_spec(self) -> tuple[str, dict]:
+    """Registered backbone whose variables equal `params['backbone']` (for ImageNet initialisation)."""
+    return 'vgg16', dict(first_padding=100, ceil_mode=True, fc='conv', width=self.width)
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -65,7 +71,7 @@ class FCN(nn.Module):
       raise ValueError(f'FCN stride must be 8, 16 or 32, got {self.stride}.')
     layers.check_image_batch(x, f'FCN-{self.stride}s', channels=3)
     height, width = x.shape[1:3]
-    feats = VGG16FCN(fc_dropout=self.dropout, dtype=self.dtype, name='backbone')(x, train=train)
+    feats = VGG16FCN(fc_dropout=self.dropout, width=self.width, dtype=self.dtype, name='backbone')(x, train=train)
     c, dt = self.num_classes, self.dtype
     score = _score(c, 'score_fr', dt)(feats['fc7'])
     if self.stride == 32:
