@@ -1,0 +1,50 @@
+"""PyTorch layouts of the dilated-convolution models: DeepLab v1/v2, DilatedNet, PSPNet.
+
+* `vgg16_deeplab`, `vgg16_dilated` (backbones): torchvision's VGG-16 `features.N`
+  keys (ImageNet initialisation; the classifier is ignored).
+* `deeplab_v1`: the DeepLab-LargeFOV Caffe layer names as top-level modules:
+  `conv1_1` ... `conv5_3`, `fc6`, `fc7`, `fc8` (tests/torch_ref/deeplab_v1.py).
+* `dilatednet`: Yu & Koltun's Caffe names: `conv1_1` ... `conv5_3`, `fc6`, `fc7`,
+  `final`, and for the context module `ctx_conv1_1`, `ctx_conv1_2`, `ctx_conv2_1`,
+  `ctx_conv3_1`, `ctx_conv4_1`, `ctx_conv5_1`, `ctx_fc1`, `ctx_final`.
+* `deeplab_v2`: `backbone.<torchvision resnet101 key>` and the ASPP classifier
+  branches `aspp.c0` ... `aspp.c3` (the layout of kazuto1011/deeplab-pytorch's
+  `_ASPP`, on a torchvision backbone).
+* `pspnet`: hszhao/semseg's PSPNet keys: `layer0` (stem Sequential: conv1 `0`,
+  bn1 `1`, and with the deep stem conv2 `3`, bn2 `4`, conv3 `6`, bn3 `7`),
+  `layer1` ... `layer4` (torchvision block keys), `ppm.features.N.1` (conv) /
+  `.2` (BN), `cls.0` / `cls.1` / `cls.4`, `aux.0` / `aux.1` / `aux.4`.
+"""
+
+from __future__ import annotations
+
+from jaxseg.weights.core import Layout, register_layout
+from jaxseg.weights.layouts_vgg_fcn import _vgg_key_fn, linear_fc_to_conv
+
+for _name in ("vgg16_deeplab", "vgg16_dilated"):
+  register_layout(
+    _name,
+    Layout(
+      key_fn=_vgg_key_fn(False),
+      kind="backbone",
+      input_shape=(1, 32, 32, 3),
+      preprocess=linear_fc_to_conv,
+      ignore=(r"classifier\..*",),
+      description="torchvision.models.vgg16 features (ImageNet initialisation)",
+    ),
+  )
+
+
+def _flat_key_fn(path: tuple[str, ...]) -> str:
+  return ".".join(p for p in path if p != "backbone")
+
+
+register_layout(
+  "deeplab_v1",
+  Layout(
+    key_fn=_flat_key_fn,
+    input_shape=(1, 32, 32, 3),
+    num_classes_key="fc8.weight",
+    description="DeepLab-LargeFOV Caffe layer names (conv1_1 ... conv5_3, fc6, fc7, fc8)",
+  ),
+)
