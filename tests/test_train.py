@@ -1,0 +1,196 @@
+"""The training system: end-to-end train + checkpoint + resume + eval, multi-device equivalence, optimiser."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common, quickstart
+from train import checkpointing, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(**extra):
+  env = dict(os.environ)
+  env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
+  env.update(extra)
+  return env
+
+
+def smoke_config(num_steps=2):
+  c = quickstart.get_config('smoke')
+  c.train.num_steps = num_steps
+  c.train.checkpoint_every = 2
+  c.dataset.synthetic_size = 32
+  c.dataset.crop_size = (32, 32)
+  return c
+
+
+def test_multidevice_jit_equals_single_device_and_pmap():
+  """4 fake CPU devices: a sharded jit step equals the whole-batch step; jit and pmap agree after 3 steps."""
+  out = subprocess.run(
+    [sys.executable, os.path.join(ROOT, 'tests', 'scripts', 'multidevice_check.py')],
+    env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
+    capture_output=True, text=True, timeout=300, cwd=ROOT,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r['params_moved'] > 1e-3  # the comparison is not between untouched states
+  assert r['single_vs_sharded'] < 1e-5 and r['single_vs_sharded_stats'] < 1e-5
+  assert abs(r['loss_single'] - r['loss_sharded']) < 1e-5
+  assert r['jit_vs_pmap'] < 1e-5 and r['jit_vs_pmap_stats'] < 1e-5
+  assert abs(r['loss_jit'] - r['loss_pmap']) < 1e-5
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  summary = train_lib.train_and_evaluate(smoke_config(2), workdir, progress=False)
+  return workdir, summary
+
+
+def test_train_checkpoint_eval(trained):
+  workdir, summary = trained
+  assert summary['step'] == 2
+  assert np.isfinite(summary['metrics']['loss'])
+  assert 0.0 <= summary['eval']['miou'] <= 1.0
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+  lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert any('loss' in r for r in lines) and any('eval/miou' in r for r in lines)
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tb')))
+
+
+def test_restored_state_equals_saved(trained):
+  workdir, summary = trained
+  config = smoke_config(2)
+  model = train_lib.build_model(config)
+  abstract = train_lib.abstract_train_state(config, model)
+  abstract = abstract.replace(
+    params=jax.tree.map(lambda s, a: jax.ShapeDtypeStruct(np.shape(a), s.dtype), abstract.params, summary['state'].params)
+  )
+  restored, meta = checkpointing.restore_for_inference(workdir, abstract)
+  assert meta['model'] == 'fcn8s' and meta['step'] == 2
+  saved = summary['state']
+  assert int(restored.step) == int(saved.step) == 2
+  for a, b in zip(jax.tree.leaves((restored.params, restored.opt_state)), jax.tree.leaves((saved.params, saved.opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_continues_to_more_steps(trained, tmp_path):
+  workdir, _ = trained
+  import shutil
+
+  copy = str(tmp_path / 'resume')
+  shutil.copytree(workdir, copy)
+  summary = train_lib.train_and_evaluate(smoke_config(4), copy, progress=False)
+  assert summary['step'] == 4
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['2', '4']
+
+
+def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
+  workdir, _ = trained
+  import shutil
+
+  copy = str(tmp_path / 'other')
+  shutil.copytree(workdir, copy)
+  config = smoke_config(4)
+  config.dataset.num_classes = 5
+  with pytest.raises(checkpointing.CheckpointMismatchError, match='num_classes=4.*num_classes=5'):
+    train_lib.train_and_evaluate(config, copy, progress=False)
+
+
+def test_nothing_written_when_the_first_step_fails(tmp_path):
+  config = smoke_config(2)
+  config.model.kwargs.no_such_argument = 1
+  with pytest.raises(TypeError, match='no_such_argument'):
+    train_lib.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_batch_not_divisible_by_devices_is_explained(monkeypatch):
+  par = train_lib.Parallel('jit', train_lib.step_config(smoke_config()))
+  monkeypatch.setattr(par, 'num_devices', 4)
+  with pytest.raises(ValueError, match='divisible by the number of devices \\(4\\)'):
+    par.check_batch_size(6, 'config.train.batch_size')
+
+
+def test_train_step_compiles_once():
+  """Static shapes: several steps of the pipeline's batches reuse one executable."""
+  config = smoke_config()
+  model = train_lib.build_model(config)
+  state = train_lib.create_train_state(config, model, jax.random.key(0), (2, 32, 32, 3))
+  par = train_lib.Parallel('jit', train_lib.step_config(config))
+  from jaxseg import data
+
+  it = data.create_train_iterator(config, seed=0)
+  state = par.put_state(state)
+  for _ in range(3):
+    state, _ = par.train(state, par.put_batch(next(it)), jax.random.key(0))
+  assert par._train._cache_size() == 1
+
+
+def test_main_cli_writes_checkpoint_and_predictions(tmp_path):
+  out = subprocess.run(
+    [sys.executable, '-m', 'train.main', '--config', 'configs/quickstart.py:smoke', '--workdir', str(tmp_path),
+     '--config.dataset.synthetic_size=32', '--config.dataset.crop_size=(32, 32)'],
+    env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'final mIoU' in out.stdout
+  preds = sorted(os.listdir(tmp_path / 'predictions'))
+  assert 'val_0000.png' in preds and 'val_0000_overlay.png' in preds
+  from PIL import Image
+
+  with Image.open(tmp_path / 'predictions' / 'val_0000.png') as im:
+    assert im.mode == 'P' and im.size == (32, 32)
+    assert np.asarray(im).max() < 4
+
+
+@pytest.mark.parametrize('name', ['poly', 'cosine', 'step', 'constant'])
+def test_schedules(name):
+  c = common.base_config()
+  c.optim.lr, c.optim.schedule, c.train.num_steps = 1.0, name, 100
+  c.optim.step_boundaries, c.optim.warmup_steps = (0.5,), 10
+  s = train_lib.make_schedule(c)
+  assert float(s(0)) == 0.0 and np.isclose(float(s(10)), 1.0)
+  expected_end = {'poly': (1 - 89 / 90) ** 0.9, 'cosine': 0.5 * (1 + np.cos(np.pi * 89 / 90)), 'step': 0.1, 'constant': 1.0}
+  np.testing.assert_allclose(float(s(99)), expected_end[name], rtol=1e-4)
+
+
+def test_head_lr_multiplier_and_accumulation():
+  c = common.base_config()
+  c.optim.name, c.optim.lr, c.optim.momentum, c.optim.weight_decay = 'sgd', 1.0, 0.0, 0.0
+  c.optim.schedule, c.optim.head_lr_mult = 'constant', 10.0
+  params = {'backbone': jnp.ones(2), 'head': jnp.ones(2)}
+  tx = train_lib.make_optimizer(c, params)
+  grads = {'backbone': jnp.ones(2), 'head': jnp.ones(2)}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['backbone'], -1.0)
+  np.testing.assert_allclose(updates['head'], -10.0)
+  c.optim.head_lr_mult, c.train.grad_accum_steps = 1.0, 2
+  tx = train_lib.make_optimizer(c, params)
+  st = tx.init(params)
+  u1, st = tx.update(grads, st, params)
+  u2, st = tx.update({k: 3 * v for k, v in grads.items()}, st, params)
+  np.testing.assert_allclose(u1['head'], 0.0)
+  np.testing.assert_allclose(u2['head'], -2.0)  # mean of the two micro-batch gradients
+
+
+def test_bad_config_values():
+  c = common.base_config()
+  c.optim.schedule = 'linear'
+  with pytest.raises(ValueError, match="'poly', 'cosine', 'step' or 'constant'"):
+    train_lib.make_schedule(c)
+  c = smoke_config()
+  c.train.class_weights = (1.0, 2.0)
+  with pytest.raises(ValueError, match='class_weights has 2 entries, expected num_classes=4'):
+    train_lib.step_config(c)
+  with pytest.raises(ValueError, match="'jit' or 'pmap'"):
+    train_lib.Parallel('dp', train_lib.step_config(smoke_config()))

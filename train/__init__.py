@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction entry points for jaxseg (`python -m train.main`)."""

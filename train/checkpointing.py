@@ -1,0 +1,210 @@
+"""Checkpoints with orbax: train state + data-iterator position + metadata, written atomically.
+
+* Orbax writes each checkpoint into a temporary directory and renames it when
+  complete, so a run killed mid-write leaves only an `*.orbax-checkpoint-tmp*`
+  directory, which restore skips (with a warning).
+* Saving is asynchronous: `wait()` / `close()` before the process exits.
+* Nothing is created in the workdir's checkpoint directory before the first
+  successful step is saved.
+* Metadata (model name, class count) is checked on restore, so a checkpoint of
+  another model or class count fails with a message naming both.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+
+import orbax.checkpoint as ocp
+
+from train import logging_lib
+
+MIN_FREE_BYTES = 64 << 20
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint in the workdir belongs to another model or class count."""
+
+
+def check_workdir(workdir: str) -> None:
+  """Creates `workdir` and fails early, with a clear message, if it is not writable or the disk is full."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_') as f:
+      f.write(b'0' * 4096)
+      f.flush()
+  except OSError as e:
+    raise PermissionError(f'workdir {workdir!r} is not writable ({e.strerror or e}); choose another --workdir.') from e
+  free = shutil.disk_usage(workdir).free
+  if free < MIN_FREE_BYTES:
+    raise OSError(
+      f'only {free / 2**20:.1f} MiB free on the disk of workdir {workdir!r}; at least {MIN_FREE_BYTES >> 20} MiB '
+      'are needed to write checkpoints.'
+    )
+
+
+def _iterator_state(train_iter):
+  get = getattr(train_iter, 'get_state', None)
+  if get is None:
+    return None
+  state = get()
+  return state.decode('utf-8') if isinstance(state, bytes) else state
+
+
+def _set_iterator_state(train_iter, state) -> None:
+  if state is None:
+    return
+  setter = getattr(train_iter, 'set_state', None)
+  if setter is None:
+    raise ValueError('the checkpoint holds a data-iterator position but this iterator cannot be restored.')
+  setter(state.encode('utf-8') if isinstance(state, str) else state)
+
+
+class Checkpointer:
+  """Latest-N checkpoints in `workdir/checkpoints`, best-by-mIoU in `workdir/best`.
+
+  Attributes:
+    directory: where the periodic checkpoints go.
+    best_directory: where the best-mIoU checkpoint goes.
+  """
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 2, meta: dict | None = None):
+    self.directory = os.path.join(workdir, 'checkpoints')
+    self.best_directory = os.path.join(workdir, 'best')
+    self.max_to_keep = max_to_keep
+    self.meta = dict(meta or {})
+    self._manager = None
+    self._best = None
+
+  # -- managers are created lazily so that nothing is written before a step succeeded.
+  def _get_manager(self, create: bool):
+    if self._manager is None and (create or os.path.isdir(self.directory)):
+      self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True),
+      )
+    return self._manager
+
+  def _get_best(self):
+    if self._best is None:
+      self._best = ocp.CheckpointManager(
+        self.best_directory,
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda m: m['miou'], best_mode='max', create=True
+        ),
+      )
+    return self._best
+
+  def latest_step(self) -> int | None:
+    manager = self._get_manager(create=False)
+    return None if manager is None else manager.latest_step()
+
+  def _warn_incomplete(self) -> None:
+    for path in sorted(glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*'))):
+      logging_lib.info(f'WARNING: skipping incomplete checkpoint {path} (the run was killed while writing it).')
+
+  def check_meta(self, meta: dict, where: str) -> None:
+    for key in ('model', 'num_classes'):
+      if key in meta and key in self.meta and meta[key] != self.meta[key]:
+        raise CheckpointMismatchError(
+          f'checkpoint in {where} was written for {key}={meta[key]!r} but the config has '
+          f'{key}={self.meta[key]!r} (model {meta.get("model")!r} with {meta.get("num_classes")} classes vs '
+          f'{self.meta.get("model")!r} with {self.meta.get("num_classes")} classes); use another --workdir.'
+        )
+
+  def restore_latest(self, abstract_state, train_iter=None):
+    """The latest complete checkpoint restored into `abstract_state`'s structure, or None."""
+    if os.path.isdir(self.directory):
+      self._warn_incomplete()
+    step = self.latest_step()
+    if step is None:
+      return None
+    manager = self._get_manager(create=False)
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    self.check_meta(meta, f'{self.directory}/{step}')
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(),
+      ),
+    )
+    if train_iter is not None:
+      _set_iterator_state(train_iter, restored['data'].get('iterator'))
+    return restored['state']
+
+  def save(self, step: int, host_state, train_iter=None) -> None:
+    manager = self._get_manager(create=True)
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state),
+        data=ocp.args.JsonSave({'iterator': _iterator_state(train_iter) if train_iter is not None else None}),
+        meta=ocp.args.JsonSave({**self.meta, 'step': int(step)}),
+      ),
+    )
+
+  def save_best(self, step: int, host_state, miou: float) -> None:
+    best = self._get_best()
+    best.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host_state),
+        meta=ocp.args.JsonSave({**self.meta, 'step': int(step), 'miou': float(miou)}),
+      ),
+      metrics={'miou': float(miou)},
+    )
+
+  def wait(self) -> None:
+    for m in (self._manager, self._best):
+      if m is not None:
+        m.wait_until_finished()
+
+  def close(self) -> None:
+    for m in (self._manager, self._best):
+      if m is not None:
+        m.wait_until_finished()
+        m.close()
+    self._manager = self._best = None
+
+
+def restore_for_inference(workdir_or_dir: str, abstract_state, *, meta: dict | None = None, best: bool = False):
+  """Restores the state from a training workdir (latest, or best with best=True) or a checkpoint directory.
+
+  Returns (state, meta_on_disk).
+  """
+  path = os.path.abspath(workdir_or_dir)
+  candidates = [os.path.join(path, 'best' if best else 'checkpoints'), path]
+  for directory in candidates:
+    if not os.path.isdir(directory):
+      continue
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+    step = manager.latest_step()
+    if step is None:
+      continue
+    disk_meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    if meta is not None:
+      Checkpointer('', meta=meta).check_meta(disk_meta, f'{directory}/{step}')
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+    return state, disk_meta
+  raise FileNotFoundError(
+    f'no complete checkpoint found in {path} (looked in {", ".join(candidates)}); train first with '
+    '`python -m train.main --config ... --workdir DIR` and pass that DIR.'
+  )
+
+
+def read_meta(workdir_or_dir: str) -> dict:
+  """The JSON metadata of the latest checkpoint (model name, class count, ...) without restoring arrays."""
+  path = os.path.abspath(workdir_or_dir)
+  for directory in (os.path.join(path, 'checkpoints'), path):
+    if os.path.isdir(directory):
+      manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+      step = manager.latest_step()
+      if step is not None:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  raise FileNotFoundError(f'no complete checkpoint found in {path}.')
+
+
+__all__ = ['Checkpointer', 'CheckpointMismatchError', 'check_workdir', 'read_meta', 'restore_for_inference']

@@ -1,0 +1,33 @@
+"""Trains a jaxseg model: `python -m train.main --config configs/fcn8s.py --workdir runs/fcn8s`.
+
+Config fields can be overridden on the command line (`--config.train.num_steps=100`);
+`--config configs/X.py:smoke` selects a config variant. Re-running the same
+command with the same --workdir resumes from the last complete checkpoint.
+Configs are Python code: only run config files you trust.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py[:variant]).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and predictions.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  from train import train_lib
+
+  summary = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if summary.get('eval') is not None:
+    print(f'final mIoU: {100 * summary["eval"]["miou"]:.2f}  (step {summary["step"]})')
+  if _CONFIG.value.get('predict', {}).get('num_images', 0) and not summary.get('interrupted'):
+    from train import predict
+
+    paths = predict.predict_from_config(_CONFIG.value, _WORKDIR.value, summary['state'], summary['model'])
+    for p in paths:
+      print(f'wrote {p}')
+
+
+if __name__ == '__main__':
+  app.run(main)
