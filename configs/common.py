@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_to_keep = 2
   c.train.skip_nonfinite = False  # True: skip updates with NaN/inf gradients instead of stopping
   c.train.distributed = False  # call jax.distributed.initialize() (multi-host)
+  c.train.coordinator_address = ''  # 'host:port' of process 0; '' = auto-detect (TPU pods, SLURM, ...)
+  c.train.num_processes = 0  # with coordinator_address: total processes
+  c.train.process_id = -1  # with coordinator_address: this process
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 8

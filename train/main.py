@@ -18,10 +18,14 @@ def main(argv):
   del argv
   from train import train_lib
 
+  import jax
+
   summary = train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if summary.get('eval') is not None:
     print(f'final mIoU: {100 * summary["eval"]["miou"]:.2f}  (step {summary["step"]})')
-  if _CONFIG.value.get('predict', {}).get('num_images', 0) and not summary.get('interrupted'):
+  print(f'params checksum: {train_lib.params_checksum(summary["state"].params):.8e}')
+  is_main = jax.process_index() == 0
+  if is_main and _CONFIG.value.get('predict', {}).get('num_images', 0) and not summary.get('interrupted'):
     from train import predict
 
     paths = predict.predict_from_config(_CONFIG.value, _WORKDIR.value, summary['state'], summary['model'])

@@ -455,6 +455,31 @@ def load_trained(checkpoint: str, config: ml_collections.ConfigDict | None = Non
   return config, model, {'params': state.params, 'batch_stats': state.batch_stats}
 
 
+def params_checksum(params) -> float:
+  """Sum of |p| over all parameters (float64): a cheap fingerprint to compare runs/processes."""
+  return float(sum(np.abs(np.asarray(p, np.float64)).sum() for p in jax.tree.leaves(jax.device_get(params))))
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize() from config.train (explicit coordinator, or auto-detected on TPU/SLURM).
+
+  Must run before any other JAX call. On CPU the cross-process collectives go
+  through gloo (used by the 2-process loopback test).
+  """
+  t = config.train
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if t.get('coordinator_address', ''):
+    if int(t.num_processes) < 1 or not 0 <= int(t.process_id) < int(t.num_processes):
+      raise ValueError(
+        f'with config.train.coordinator_address set, num_processes must be >= 1 and 0 <= process_id < '
+        f'num_processes; got num_processes={t.num_processes}, process_id={t.process_id}.'
+      )
+    jax.distributed.initialize(t.coordinator_address, int(t.num_processes), int(t.process_id))
+  else:
+    jax.distributed.initialize()
+  logging_lib.info(f'process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices in all')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None = None) -> dict:
   """Trains config.model on config.dataset, checkpointing to and resuming from `workdir`.
 
@@ -464,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
 
   progress = sys.stderr.isatty() if progress is None else progress
   if config.train.get('distributed', False):
-    jax.distributed.initialize()
+    initialize_distributed(config)
   workdir = os.path.abspath(os.fspath(workdir))
   checkpointing.check_workdir(workdir)
   cfg = step_config(config)
