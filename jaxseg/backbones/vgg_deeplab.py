@@ -70,47 +70,47 @@ class VGG16Dense(nn.Module):
     dtype: computation dtype.
   """
 
-  style: str = "deeplab"
+  style: str = 'deeplab'
   width: float = 1.0
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
     del train  # no BatchNorm / dropout in the convolutional part
-    if self.style not in ("deeplab", "dilated"):
+    if self.style not in ('deeplab', 'dilated'):
       raise ValueError(f"VGG16Dense style must be 'deeplab' or 'dilated', got {self.style!r}.")
-    layers.check_image_batch(x, f"VGG16 ({self.style})", channels=3, min_size=8)
+    layers.check_image_batch(x, f'VGG16 ({self.style})', channels=3, min_size=8)
     feats = {}
     for stage, n_convs, ch in VGG16_STAGES:
       ch = max(1, int(round(ch * self.width)))
       dilation = 2 if stage == 5 else 1
       for i in range(1, n_convs + 1):
         conv = layers.Conv2d(
-          ch, 3, padding=dilation, dilation=dilation, dtype=self.dtype, name=f"conv{stage}_{i}"
+          ch, 3, padding=dilation, dilation=dilation, dtype=self.dtype, name=f'conv{stage}_{i}'
         )
         x = nn.relu(conv(x))
-      feats[f"conv{stage}_{n_convs}"] = x
-      if self.style == "deeplab":
+      feats[f'conv{stage}_{n_convs}'] = x
+      if self.style == 'deeplab':
         x = caffe_max_pool(x, 3, 2 if stage <= 3 else 1, 1)
       elif stage <= 3:
         x = max_pool(x, ceil_mode=True)
       if stage <= 3:
-        feats[f"pool{stage}"] = x
-    if self.style == "deeplab":
+        feats[f'pool{stage}'] = x
+    if self.style == 'deeplab':
       x = avg_pool_3x3_same(x)
-    feats["out"] = x
+    feats['out'] = x
     return feats
 
 
-@register_backbone("vgg16_deeplab")
+@register_backbone('vgg16_deeplab')
 def vgg16_deeplab(**kwargs) -> VGG16Dense:
-  return VGG16Dense(style="deeplab", **kwargs)
+  return VGG16Dense(style='deeplab', **kwargs)
 
 
-@register_backbone("vgg16_dilated")
+@register_backbone('vgg16_dilated')
 def vgg16_dilated(**kwargs) -> VGG16Dense:
-  return VGG16Dense(style="dilated", **kwargs)
+  return VGG16Dense(style='dilated', **kwargs)
 
 
-VGG16DeepLab = functools.partial(VGG16Dense, style="deeplab")
-VGG16Dilated = functools.partial(VGG16Dense, style="dilated")
+VGG16DeepLab = functools.partial(VGG16Dense, style='deeplab')
+VGG16Dilated = functools.partial(VGG16Dense, style='dilated')

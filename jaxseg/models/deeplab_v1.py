@@ -61,27 +61,27 @@ class DeepLabLargeFOV(nn.Module):
   dtype: Any = None
 
   def backbone_spec(self) -> tuple[str, dict]:
-    return "vgg16_deeplab", {"width": self.width, "dtype": self.dtype}
+    return 'vgg16_deeplab', {'width': self.width, 'dtype': self.dtype}
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    layers.check_image_batch(x, "DeepLab-LargeFOV", channels=3, min_size=8)
+    layers.check_image_batch(x, 'DeepLab-LargeFOV', channels=3, min_size=8)
     height, width = x.shape[1:3]
     name, kwargs = self.backbone_spec()
     del name
-    h = VGG16DeepLab(**kwargs, name="backbone")(x, train=train)["out"]
+    h = VGG16DeepLab(**kwargs, name='backbone')(x, train=train)['out']
     fc = max(1, int(round(self.fc_features * self.width)))
     d = self.fc6_dilation
-    h = nn.relu(layers.Conv2d(fc, 3, padding=d, dilation=d, dtype=self.dtype, name="fc6")(h))
+    h = nn.relu(layers.Conv2d(fc, 3, padding=d, dilation=d, dtype=self.dtype, name='fc6')(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = nn.relu(layers.Conv2d(fc, 1, dtype=self.dtype, name="fc7")(h))
+    h = nn.relu(layers.Conv2d(fc, 1, dtype=self.dtype, name='fc7')(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = layers.Conv2d(
-      self.num_classes, 1, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name="fc8"
+      self.num_classes, 1, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name='fc8'
     )(h)
     return resize_bilinear(h.astype(jnp.float32), (height, width), align_corners=True)
 
 
-@register_model("deeplab_v1")
+@register_model('deeplab_v1')
 def deeplab_v1(*, num_classes: int, **kwargs) -> DeepLabLargeFOV:
   return DeepLabLargeFOV(num_classes=num_classes, **kwargs)

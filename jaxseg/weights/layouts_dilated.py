@@ -21,30 +21,30 @@ from __future__ import annotations
 from jaxseg.weights.core import Layout, register_layout
 from jaxseg.weights.layouts_vgg_fcn import _vgg_key_fn, linear_fc_to_conv
 
-for _name in ("vgg16_deeplab", "vgg16_dilated"):
+for _name in ('vgg16_deeplab', 'vgg16_dilated'):
   register_layout(
     _name,
     Layout(
       key_fn=_vgg_key_fn(False),
-      kind="backbone",
+      kind='backbone',
       input_shape=(1, 32, 32, 3),
       preprocess=linear_fc_to_conv,
-      ignore=(r"classifier\..*",),
-      description="torchvision.models.vgg16 features (ImageNet initialisation)",
+      ignore=(r'classifier\..*',),
+      description='torchvision.models.vgg16 features (ImageNet initialisation)',
     ),
   )
 
 
 def _flat_key_fn(path: tuple[str, ...]) -> str:
-  return ".".join(p for p in path if p != "backbone")
+  return '.'.join(p for p in path if p != 'backbone')
 
 
 register_layout(
-  "deeplab_v1",
+  'deeplab_v1',
   Layout(
     key_fn=_flat_key_fn,
     input_shape=(1, 32, 32, 3),
-    num_classes_key="fc8.weight",
-    description="DeepLab-LargeFOV Caffe layer names (conv1_1 ... conv5_3, fc6, fc7, fc8)",
+    num_classes_key='fc8.weight',
+    description='DeepLab-LargeFOV Caffe layer names (conv1_1 ... conv5_3, fc6, fc7, fc8)',
   ),
 )

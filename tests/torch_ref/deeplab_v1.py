@@ -20,7 +20,7 @@ class DeepLabLargeFOV(nn.Module):
     for s, n, ch in _CFG:
       d = 2 if s == 5 else 1
       for i in range(1, n + 1):
-        setattr(self, f"conv{s}_{i}", nn.Conv2d(cin, ch, 3, padding=d, dilation=d))
+        setattr(self, f'conv{s}_{i}', nn.Conv2d(cin, ch, 3, padding=d, dilation=d))
         cin = ch
     self.fc6 = nn.Conv2d(512, fc, 3, padding=12, dilation=12)
     self.fc7 = nn.Conv2d(fc, fc, 1)
@@ -31,10 +31,10 @@ class DeepLabLargeFOV(nn.Module):
     h = x
     for s, n, _ in _CFG:
       for i in range(1, n + 1):
-        h = torch.relu(getattr(self, f"conv{s}_{i}")(h))
+        h = torch.relu(getattr(self, f'conv{s}_{i}')(h))
       h = F.max_pool2d(h, 3, 2 if s <= 3 else 1, 1, ceil_mode=True)
     h = F.avg_pool2d(h, 3, 1, 1)
     h = self.drop(torch.relu(self.fc6(h)))
     h = self.drop(torch.relu(self.fc7(h)))
     h = self.fc8(h)
-    return F.interpolate(h, size=x.shape[2:], mode="bilinear", align_corners=True)
+    return F.interpolate(h, size=x.shape[2:], mode='bilinear', align_corners=True)
