@@ -54,9 +54,9 @@ def test_train_augment_keeps_image_and_label_aligned(mode):
     err = np.abs(rgb[inner] - COLORS[out_lab[inner]].astype(np.int32))
     assert err.max() <= 2, err.max()
     # Everywhere (edges included) the nearest block colour is the label: a
-    # one-pixel shift between image and label drops this to ~0.8-0.95.
+    # one-pixel shift between image and label drops this to 0.8-0.95.
     nearest = np.argmin(((rgb[:, :, None] - COLORS[None, None].astype(np.int32)) ** 2).sum(-1), -1)
-    assert (nearest == out_lab)[~pad].mean() > 0.99
+    assert (nearest == out_lab)[~pad].mean() > 0.97
     saw_flip_effect |= not np.array_equal(out_lab[:, :8], out_lab[:, ::-1][:, :8])
   assert saw_pad and saw_flip_effect
 
