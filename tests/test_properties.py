@@ -161,10 +161,10 @@ def np_scores(cm):
     if gt > 0:
       accs.append(tp / gt)
   return {
-    "pixel_acc": np.trace(cm) / total,
-    "mean_acc": np.mean(accs),
-    "miou": np.mean(ious),
-    "fwiou": fw,
+    'pixel_acc': np.trace(cm) / total,
+    'mean_acc': np.mean(accs),
+    'miou': np.mean(ious),
+    'fwiou': fw,
   }
 
 
@@ -177,14 +177,14 @@ def test_confusion_matrix_and_scores_match_numpy(case):
   np.testing.assert_array_equal(cm, ref)
   got = metrics.scores(cm)
   if ref.sum() == 0:  # every pixel ignored: nothing to score
-    assert all(np.isnan(got[k]) for k in ("pixel_acc", "mean_acc", "miou", "fwiou"))
+    assert all(np.isnan(got[k]) for k in ('pixel_acc', 'mean_acc', 'miou', 'fwiou'))
     return
   want = np_scores(ref)
   for key, value in want.items():
     assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
   absent = (ref.sum(0) == 0) & (ref.sum(1) == 0)
-  assert np.all(np.isnan(got["per_class_iou"][absent]))
-  assert np.all(np.isfinite(got["per_class_iou"][~absent]))
+  assert np.all(np.isnan(got['per_class_iou'][absent]))
+  assert np.all(np.isfinite(got['per_class_iou'][~absent]))
 
 
 @SETTINGS
@@ -224,7 +224,7 @@ def resize_cases(draw):
   return x, size, draw(st.booleans())
 
 
-_resize = jax.jit(ops.resize_bilinear, static_argnums=1, static_argnames="align_corners")
+_resize = jax.jit(ops.resize_bilinear, static_argnums=1, static_argnames='align_corners')
 
 
 @SETTINGS
@@ -234,7 +234,7 @@ def test_resize_matches_torch_interpolate(case, torch_module):
   x, size, align = case
   got = np.asarray(_resize(x, size, align_corners=align))
   ref = torch.nn.functional.interpolate(
-    torch.from_numpy(x.transpose(0, 3, 1, 2)), size=size, mode="bilinear", align_corners=align
+    torch.from_numpy(x.transpose(0, 3, 1, 2)), size=size, mode='bilinear', align_corners=align
   )
   ref = ref.numpy().transpose(0, 2, 3, 1)
   assert got.shape == ref.shape
@@ -293,7 +293,7 @@ def test_crop_invariants(hw, oy, ox, ch, cw):
       np.asarray(ops.crop(x, (oy, ox), (ch, cw))), x[:, oy : oy + ch, ox : ox + cw]
     )
   else:
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match='does not fit'):
       ops.crop(x, (oy, ox), (ch, cw))
   if ch <= h and cw <= w:
     c = np.asarray(ops.center_crop(x, (ch, cw)))

@@ -3,6 +3,10 @@
 * Orbax writes each checkpoint into a temporary directory and renames it when
   complete, so a run killed mid-write leaves only an `*.orbax-checkpoint-tmp*`
   directory, which restore skips (with a warning).
+* A step directory that lacks one of the files a finished save leaves (a
+  partial copy, or a filesystem without atomic rename) is moved aside to
+  `workdir/incomplete_checkpoints/` with a warning, and the run resumes from
+  the latest complete step instead of failing inside orbax.
 * Saving is asynchronous: `wait()` / `close()` before the process exits.
 * Nothing is created in the workdir's checkpoint directory before the first
   successful step is saved.
@@ -16,12 +20,56 @@ import glob
 import os
 import shutil
 import tempfile
+import time
 
+import jax
 import orbax.checkpoint as ocp
 
 from train import logging_lib
 
 MIN_FREE_BYTES = 64 << 20
+
+
+# Files every finished `Checkpointer.save` leaves in a step directory (one per saved item).
+REQUIRED_FILES = ('state/_METADATA', 'meta/metadata', 'data/metadata')
+
+
+def incomplete_steps(directory: str) -> list[str]:
+  """Step directories (named by their step number) missing a file of `REQUIRED_FILES`."""
+  if not os.path.isdir(directory):
+    return []
+  bad = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if name.isdigit() and os.path.isdir(path):
+      if not all(os.path.exists(os.path.join(path, f)) for f in REQUIRED_FILES):
+        bad.append(path)
+  return bad
+
+
+def set_aside_incomplete_steps(directory: str) -> list[str]:
+  """Moves incomplete step directories to `../incomplete_checkpoints/` (never deletes); returns the new paths."""
+  bad = incomplete_steps(directory)
+  if not bad:
+    return []
+  if jax.process_count() > 1:
+    # Renaming from several hosts at once would race; ask the user instead.
+    raise RuntimeError(
+      f'incomplete checkpoint directories {bad} (missing one of {REQUIRED_FILES}); move them out of '
+      f'{directory} and restart.'
+    )
+  aside = os.path.join(os.path.dirname(directory), 'incomplete_checkpoints')
+  os.makedirs(aside, exist_ok=True)
+  moved = []
+  for path in bad:
+    dest = os.path.join(aside, f'{os.path.basename(path)}-{time.strftime("%Y%m%d-%H%M%S")}')
+    os.rename(path, dest)
+    logging_lib.info(
+      f'WARNING: skipping incomplete checkpoint {path} (missing one of {", ".join(REQUIRED_FILES)}); '
+      f'moved to {dest}.'
+    )
+    moved.append(dest)
+  return moved
 
 
 class CheckpointMismatchError(ValueError):
@@ -118,6 +166,8 @@ class Checkpointer:
     """The latest complete checkpoint restored into `abstract_state`'s structure, or None."""
     if os.path.isdir(self.directory):
       self._warn_incomplete()
+      if set_aside_incomplete_steps(self.directory) and self._manager is not None:
+        self._manager.reload()  # forget the steps that were moved away
     step = self.latest_step()
     if step is None:
       return None
@@ -207,4 +257,12 @@ def read_meta(workdir_or_dir: str) -> dict:
   raise FileNotFoundError(f'no complete checkpoint found in {path}.')
 
 
-__all__ = ['Checkpointer', 'CheckpointMismatchError', 'check_workdir', 'read_meta', 'restore_for_inference']
+__all__ = [
+  'Checkpointer',
+  'CheckpointMismatchError',
+  'check_workdir',
+  'incomplete_steps',
+  'read_meta',
+  'restore_for_inference',
+  'set_aside_incomplete_steps',
+]
