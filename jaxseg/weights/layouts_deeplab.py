@@ -1,0 +1,140 @@
+"""PyTorch layouts of torchvision's fcn_resnet*/deeplabv3_resnet*, of deeplab_v3 and of deeplab_v3plus.
+
+* fcn_resnet50/101, deeplabv3_resnet50/101: torchvision's own keys.
+* deeplab_v3: torchvision's backbone and ASPP keys; the 1x1 classifier is `classifier.1`.
+* deeplab_v3plus: jfzhang95/pytorch-deeplab-xception (`DeepLab(backbone=...)`); its ResNet
+  encoder has torchvision's keys; the xception65 / mobilenet_v2 encoders use jaxseg's
+  backbone layouts (`backbone.` + their key functions).
+"""
+
+from __future__ import annotations
+
+from jaxseg.weights.core import Layout, register_layout
+from jaxseg.weights.layouts_resnet import resnet_key_fn
+
+# ConvBNReLU / SeparableConv2d leaves inside a torch Sequential(conv, bn, relu).
+_SEQ = {'conv': '0', 'bn': '1'}
+
+
+def _encoder_key(path: tuple[str, ...]) -> str:
+  """Encoder path -> key, for any DeepLabv3+ encoder (their top-level names do not overlap)."""
+  if path[0].startswith('features_'):
+    from jaxseg.weights.layouts_mobilenet import mobilenet_v2_key_fn
+
+    return mobilenet_v2_key_fn(path)
+  if path[0].endswith('_flow'):
+    return xception_key_fn(path)
+  return resnet_key_fn(path)
+
+
+def xception_key_fn(path: tuple[str, ...]) -> str:
+  """Xception-65 Flax names are PyTorch-style already: joined with dots."""
+  return '.'.join(path)
+
+
+def torchvision_aspp_key(path: tuple[str, ...], n_rates: int = 3) -> str:
+  """ASPP path (branchN / pooling / project, then conv|bn) -> torchvision's ASPP prefix."""
+  branch, *rest = path
+  if branch == 'project':
+    return 'project.' + _SEQ[rest[0]]
+  if branch == 'pooling':  # Sequential(AdaptiveAvgPool2d, Conv2d, BN, ReLU)
+    return f'convs.{n_rates + 1}.' + {'conv': '1', 'bn': '2'}[rest[0]]
+  i = int(branch[len('branch') :])
+  if rest[0] in _SEQ:
+    return f'convs.{i}.' + _SEQ[rest[0]]
+  return f'convs.{i}.' + '.'.join(rest)  # separable branch (jaxseg extension)
+
+
+def torchvision_seg_key_fn(path: tuple[str, ...]) -> str:
+  """Keys of torchvision's FCN / DeepLabV3 (classifier, aux_classifier, backbone)."""
+  head, *rest = path
+  if head == 'backbone':
+    return 'backbone.' + resnet_key_fn(tuple(rest))
+  if rest[0] == 'aspp':  # DeepLabHead = Sequential(ASPP, conv, bn, relu, conv)
+    return f'{head}.0.' + torchvision_aspp_key(tuple(rest[1:]))
+  # FCNHead = Sequential(conv, bn, relu, dropout, conv)
+  index = {'head_conv': '1', 'head_bn': '2', 'conv': '0', 'bn': '1', 'cls': '4'}
+  return f'{head}.{index[rest[0]]}'
+
+
+for _head in ('fcn', 'deeplabv3'):
+  for _depth in (50, 101):
+    register_layout(
+      f'{_head}_resnet{_depth}',
+      Layout(
+        key_fn=torchvision_seg_key_fn,
+        input_shape=(1, 64, 64, 3),
+        num_classes_key='classifier.4.weight',
+        description=f'torchvision.models.segmentation.{_head}_resnet{_depth}',
+      ),
+    )
+
+
+def deeplab_v3_key_fn(path: tuple[str, ...]) -> str:
+  head, *rest = path
+  if head == 'backbone':
+    return 'backbone.' + resnet_key_fn(tuple(rest))
+  if head == 'aspp':
+    return 'classifier.0.' + torchvision_aspp_key(tuple(rest))
+  if head == 'classifier':
+    return 'classifier.1'
+  raise KeyError(path)
+
+
+register_layout(
+  'deeplab_v3',
+  Layout(
+    key_fn=deeplab_v3_key_fn,
+    input_shape=(1, 64, 64, 3),
+    num_classes_key='classifier.1.weight',
+    description='torchvision DeepLabV3 backbone + ASPP names, 1x1 classifier classifier.1',
+  ),
+)
+
+
+_JF_SEP = ('depthwise', 'depthwise_bn', 'pointwise', 'pointwise_bn')
+
+
+def _jf_conv_bn(prefix_conv: str, prefix_bn: str, rest) -> str:
+  if rest[0] == 'conv':
+    return prefix_conv
+  if rest[0] == 'bn':
+    return prefix_bn
+  raise KeyError(rest)
+
+
+def deeplab_v3plus_key_fn(path: tuple[str, ...]) -> str:
+  head, *rest = path
+  if head == 'backbone':
+    return 'backbone.' + _encoder_key(tuple(rest))
+  if head == 'aspp':
+    branch, *leaf = rest
+    if branch == 'pooling':
+      return _jf_conv_bn('aspp.global_avg_pool.1', 'aspp.global_avg_pool.2', leaf)
+    if branch == 'project':
+      return _jf_conv_bn('aspp.conv1', 'aspp.bn1', leaf)
+    n = int(branch[len('branch') :]) + 1
+    if leaf[0] in _JF_SEP:
+      return f'aspp.aspp{n}.{leaf[0]}'
+    return _jf_conv_bn(f'aspp.aspp{n}.atrous_conv', f'aspp.aspp{n}.bn', leaf)
+  if head == 'decoder_reduce':
+    return _jf_conv_bn('decoder.conv1', 'decoder.bn1', rest)
+  if head.startswith('decoder_conv'):
+    base = 4 * int(head[len('decoder_conv') :])  # Sequential(conv, bn, relu, dropout) x 2
+    if rest[0] in _JF_SEP:
+      return f'decoder.last_conv.{base}.{rest[0]}'
+    return _jf_conv_bn(f'decoder.last_conv.{base}', f'decoder.last_conv.{base + 1}', rest)
+  if head == 'classifier':
+    return 'decoder.last_conv.8'
+  raise KeyError(path)
+
+
+register_layout(
+  'deeplab_v3plus',
+  Layout(
+    key_fn=deeplab_v3plus_key_fn,
+    input_shape=(1, 64, 64, 3),
+    num_classes_key='decoder.last_conv.8.weight',
+    description='jfzhang95/pytorch-deeplab-xception modeling/deeplab.py (DeepLab)',
+  ),
+)
