@@ -88,6 +88,9 @@ def smoke(c: ml_collections.ConfigDict, size: int = 64) -> ml_collections.Config
   """2 steps of the same model on the generated dataset at `size` x `size`."""
   c.dataset.name = 'synthetic'
   c.dataset.config = ''
+  c.dataset.train_split = 'train'
+  c.dataset.eval_split = 'val'
+  c.dataset.normalize = 'imagenet'
   c.dataset.num_classes = 4
   c.dataset.crop_size = (size, size)
   c.dataset.synthetic_size = size

@@ -47,7 +47,10 @@ def test_config_loads_and_resolves(name, variant):
   model = jaxseg.create_model(c.model.name, num_classes=c.dataset.num_classes, **c.model.kwargs)
   assert model is not None
   if variant == 'smoke':
+    from jaxseg import data
+
     assert c.dataset.name == 'synthetic' and c.train.num_steps == 2
+    assert data.num_examples(c, c.dataset.train_split) > 0 and data.num_examples(c, c.dataset.eval_split) > 0
 
 
 def test_unknown_variant_is_refused():

@@ -22,25 +22,28 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file; default: the config stored with the checkpoint.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
-_BEST = flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
-_SPLIT = flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.eval_split).')
-_SCALES = flags.DEFINE_list('scales', None, 'Scales for multi-scale inference (default config.eval.scales).')
-_FLIP = flags.DEFINE_bool('flip', None, 'Average with the flipped image (default config.eval.flip).')
-_WINDOW = flags.DEFINE_integer('sliding_window', 0, 'Sliding-window size for large images (0 = whole image).')
-_CRF = flags.DEFINE_bool('crf', None, 'Dense-CRF post-processing (default config.eval.crf).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON results.')
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program (so train.eval and train.predict can be imported together)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file; default: the config stored with the checkpoint.')
+  flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
+  flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
+  flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.eval_split).')
+  flags.DEFINE_list('scales', None, 'Scales for multi-scale inference (default config.eval.scales).')
+  flags.DEFINE_bool('flip', None, 'Average with the flipped image (default config.eval.flip).')
+  flags.DEFINE_integer('sliding_window', 0, 'Sliding-window size for large images (0 = whole image).')
+  flags.DEFINE_bool('crf', None, 'Dense-CRF post-processing (default config.eval.crf).')
+  flags.DEFINE_string('output', None, 'Where to write the JSON results.')
+  flags.mark_flags_as_required(['checkpoint'])
 
 
 def make_predict_fn(model, config, *, scales=(1.0,), flip=False, window: int = 0, crf: bool = False):
   """jit-able fn(variables, images) -> (N, H, W) int predictions with the requested inference."""
-  from jaxseg import inference
-
   num_classes = int(config.dataset.num_classes)
   apply_fn = lambda v, x: model.apply(v, x, train=False)
 
   def predict(variables, images):
+    if window or tuple(scales) != (1.0,) or flip:
+      from jaxseg import inference
     if window:
       probs = inference.sliding_window_probs(
         apply_fn, variables, images, window=(window, window), num_classes=num_classes
@@ -107,17 +110,11 @@ def evaluate_checkpoint(checkpoint: str, config=None, *, split=None, scales=None
 
 def main(argv):
   del argv
+  f = flags.FLAGS
   out = evaluate_checkpoint(
-    _CHECKPOINT.value,
-    _CONFIG.value,
-    split=_SPLIT.value,
-    scales=_SCALES.value,
-    flip=_FLIP.value,
-    window=_WINDOW.value,
-    crf=_CRF.value,
-    best=_BEST.value,
+    f.checkpoint, f.config, split=f.split, scales=f.scales, flip=f.flip, window=f.sliding_window, crf=f.crf, best=f.best
   )
-  path = _OUTPUT.value or os.path.join(_CHECKPOINT.value, f'eval_{out["split"]}.json')
+  path = f.output or os.path.join(f.checkpoint, f'eval_{out["split"]}.json')
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     json.dump(out, f, indent=1)
   os.replace(path + '.tmp', path)
@@ -125,5 +122,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['checkpoint'])
+  define_flags()
   app.run(main)

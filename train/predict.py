@@ -98,30 +98,34 @@ def predict_from_config(config, workdir: str, state, model) -> list[str]:
   return paths
 
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
-_INPUT = flags.DEFINE_string('input', None, 'An image file or a directory of images.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output directory.')
-_BEST = flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
-_PROBS = flags.DEFINE_bool('probs', False, 'Also write per-class probabilities (.npy).')
-_SCALES = flags.DEFINE_list('scales', ['1.0'], 'Inference scales, e.g. 0.75,1.0,1.25.')
-_FLIP = flags.DEFINE_bool('flip', False, 'Average with the horizontally flipped prediction.')
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program (so train.eval and train.predict can be imported together)."""
+  flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
+  flags.DEFINE_string('input', None, 'An image file or a directory of images.')
+  flags.DEFINE_string('output', None, 'Output directory.')
+  flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
+  flags.DEFINE_bool('probs', False, 'Also write per-class probabilities (.npy).')
+  flags.DEFINE_list('scales', ['1.0'], 'Inference scales, e.g. 0.75,1.0,1.25.')
+  flags.DEFINE_bool('flip', False, 'Average with the horizontally flipped prediction.')
+  flags.mark_flags_as_required(['checkpoint', 'input', 'output'])
 
 
 def main(argv):
   del argv
   from train import train_lib
 
-  config, model, variables = train_lib.load_trained(_CHECKPOINT.value, best=_BEST.value)
-  files = list_images(_INPUT.value)
-  scales = tuple(float(s) for s in _SCALES.value)
+  f = flags.FLAGS
+  config, model, variables = train_lib.load_trained(f.checkpoint, best=f.best)
+  files = list_images(f.input)
+  scales = tuple(float(s) for s in f.scales)
   for path in files:
     image = read_image(path)
-    probs = predict_probs(model, variables, image, config, scales=scales, flip=_FLIP.value)
+    probs = predict_probs(model, variables, image, config, scales=scales, flip=f.flip)
     name = os.path.splitext(os.path.basename(path))[0]
-    for p in write_prediction(_OUTPUT.value, name, image, probs, save_probs=_PROBS.value):
+    for p in write_prediction(f.output, name, image, probs, save_probs=f.probs):
       print(p)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['checkpoint', 'input', 'output'])
+  define_flags()
   app.run(main)
