@@ -61,6 +61,8 @@ def predict_probs(model, variables, image_uint8: np.ndarray, config, *, scales=(
 def write_prediction(out_dir: str, name: str, image: np.ndarray, probs: np.ndarray, *, save_probs=False) -> list[str]:
   from jaxseg import data as data_lib
 
+  if not name or name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
+    raise ValueError(f'prediction name {name!r} must be a plain file name (no directories): outputs stay in {out_dir!r}.')
   os.makedirs(out_dir, exist_ok=True)
   pred = np.argmax(probs, -1).astype(np.uint8)
   mask_path = os.path.join(out_dir, f'{name}.png')

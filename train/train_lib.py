@@ -547,7 +547,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   with _StopFlag() as stop:
     try:
       for step in bar:
-        batch = parallel.put_batch(next(train_iter))
+        host_batch = next(train_iter)
+        # Under jit out-of-range labels would only show up as a NaN or silently wrong loss: check on the host.
+        metrics.check_labels(host_batch['label'], cfg.num_classes, cfg.ignore_index, what=f'training labels (step {step})')
+        batch = parallel.put_batch(host_batch)
         state, step_metrics = parallel.train(state, batch, step_rng)
         n_images += int(config.train.batch_size)
         if pending is not None:
