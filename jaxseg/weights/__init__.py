@@ -30,3 +30,21 @@ __all__ = [
   'register_layout',
   'to_torch',
 ]
+
+from jaxseg.weights.pretrained import (  # noqa: E402
+  LoadReport,
+  checkpoint_metadata,
+  init_backbone,
+  load_checkpoint,
+  load_pretrained,
+  save_checkpoint,
+)
+
+__all__ += [
+  'LoadReport',
+  'checkpoint_metadata',
+  'init_backbone',
+  'load_checkpoint',
+  'load_pretrained',
+  'save_checkpoint',
+]

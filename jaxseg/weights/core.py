@@ -56,6 +56,9 @@ class Layout:
     ignore: regexes of PyTorch keys that are legitimately unused (e.g. an ImageNet classifier).
     num_classes_key: PyTorch key whose first dimension is num_classes (to infer it).
     description: the PyTorch implementation whose layout this is.
+    postprocess: optional fn(state_dict) -> state_dict applied by `export`, undoing
+      `preprocess` where the source layout differs from Flax's (e.g. fc6 7x7 conv
+      weights back into torchvision's Linear).
   """
 
   key_fn: Callable[[tuple[str, ...]], str]
@@ -65,6 +68,7 @@ class Layout:
   ignore: tuple[str, ...] = ()
   num_classes_key: str | None = None
   description: str = ''
+  postprocess: Callable[[dict], dict] | None = None
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -240,6 +244,8 @@ def export(variables: Mapping, layout: Layout) -> dict[str, np.ndarray]:
     sd[tkey] = np.ascontiguousarray(_flax_to_torch(np.asarray(jax.device_get(flat[path]))))
     if path[0] == 'batch_stats' and path[-1] == 'mean':
       sd[tkey.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
+  if layout.postprocess is not None:
+    sd = layout.postprocess(sd)
   return sd
 
 
@@ -275,7 +281,16 @@ def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
       raise ValueError(f'from_torch({name!r}): pass num_classes= (it cannot be read from the checkpoint).')
     model_kwargs['num_classes'] = int(sd[layout.num_classes_key].shape[0])
   module = build(name, layout, **model_kwargs)
-  return convert(sd, target_shapes(module, layout.input_shape), layout, name)
+  try:
+    return convert(sd, target_shapes(module, layout.input_shape), layout, name)
+  except WeightsError as e:
+    have = sd.get(layout.num_classes_key) if layout.num_classes_key else None
+    if layout.kind == 'model' and have is not None and have.shape[0] != model_kwargs['num_classes']:
+      raise WeightsError(
+        f'{e}\n  The checkpoint classifier {layout.num_classes_key} is for {have.shape[0]} classes, the model '
+        f'for {model_kwargs["num_classes"]}: jaxseg.weights.load_pretrained re-initialises the classifier.'
+      ) from None
+    raise
 
 
 def to_torch(name: str, variables: Mapping) -> dict[str, np.ndarray]:

@@ -46,6 +46,15 @@ def linear_fc_to_conv(sd: dict, flat_target: dict) -> dict:
   return sd
 
 
+def conv_fc_to_linear(sd: dict) -> dict:
+  """The inverse of `linear_fc_to_conv` on export: fc6 / fc7 convs -> torchvision's Linear weights."""
+  sd = dict(sd)
+  for key in ('classifier.0.weight', 'classifier.3.weight'):
+    if key in sd and np.asarray(sd[key]).ndim == 4:
+      sd[key] = np.ascontiguousarray(np.asarray(sd[key]).reshape(sd[key].shape[0], -1))
+  return sd
+
+
 for _bn in (False, True):
   register_layout(
     'vgg16_bn' if _bn else 'vgg16',
@@ -53,6 +62,7 @@ for _bn in (False, True):
       key_fn=_vgg_key_fn(_bn),
       kind='backbone',
       preprocess=linear_fc_to_conv,
+      postprocess=conv_fc_to_linear,
       # The ImageNet classifier is not part of the feature extractor; fc6/fc7 are
       # used when the backbone is built with fc='conv'.
       ignore=(r'classifier\.6\..*', r'classifier\.[03]\..*'),
