@@ -64,7 +64,9 @@ def test_train_checkpoint_eval(trained):
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert any('loss' in r for r in lines) and any('eval/miou' in r for r in lines)
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(os.path.join(workdir, 'tb')))
+  events = [f for f in os.listdir(os.path.join(workdir, 'tb')) if f.startswith('events.out.tfevents')]
+  assert events
+  assert b'eval/prediction' in open(os.path.join(workdir, 'tb', events[0]), 'rb').read()  # image summary
 
 
 def test_restored_state_equals_saved(trained):

@@ -607,6 +607,30 @@ def _run_eval(config, parallel, state, writer, step, ckpt, progress) -> dict:
   names = data_lib.dataset_info(config).get('class_names')
   logging_lib.info(f'evaluation at step {step} ({config.dataset.eval_split}):\n' + format_iou_table(result, names))
   writer.scalars(step, {f'eval/{k}': result[k] for k in ('miou', 'pixel_acc', 'mean_acc', 'fwiou')})
+  host_state = parallel.get_state(state)
   if math.isfinite(result['miou']):
-    ckpt.save_best(step, parallel.get_state(state), result['miou'])
+    ckpt.save_best(step, host_state, result['miou'])
+  if writer.enabled:
+    _log_eval_image(config, host_state, writer, step)
   return result
+
+
+_PREDICT_FNS: dict[int, Any] = {}
+
+
+def _jitted_apply(apply_fn):
+  key = id(getattr(apply_fn, '__self__', apply_fn))
+  if key not in _PREDICT_FNS:
+    _PREDICT_FNS[key] = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x, train=False), axis=-1))
+  return _PREDICT_FNS[key]
+
+
+def _log_eval_image(config, host_state, writer, step) -> None:
+  """The first evaluation image next to its predicted overlay, in TensorBoard (eval/prediction)."""
+  from jaxseg import data as data_lib
+
+  image = np.asarray(data_lib.get_source(config, config.dataset.eval_split)[0]['image'])
+  x = data_lib.normalize(image, config.dataset.normalize)[None]
+  variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
+  pred = np.asarray(_jitted_apply(host_state.apply_fn)(variables, x))[0]
+  writer.image(step, 'eval/prediction', np.concatenate([image, data_lib.overlay(image, pred)], axis=1))
