@@ -1,0 +1,43 @@
+"""PyTorch layout of MobileNetV2 (torchvision.models.mobilenet_v2).
+
+`mobilenet_v2_key_fn` maps a Flax path relative to the backbone to torchvision's
+prefix; DeepLabv3+ with a MobileNetV2 encoder reuses it under `backbone.`.
+"""
+
+from __future__ import annotations
+
+from jaxseg.weights.core import Layout, register_layout
+
+_CBR = {'conv': '0', 'bn': '1'}
+
+
+def mobilenet_v2_key_fn(path: tuple[str, ...]) -> str:
+  """('features_2', 'depthwise', 'conv') -> 'features.2.conv.1.0'."""
+  block, *rest = path
+  i = int(block[len('features_') :])
+  if i in (0, 18):  # Conv2dNormActivation = Sequential(conv, bn, relu6)
+    return f'features.{i}.{_CBR[rest[0]]}'
+  # InvertedResidual.conv = [expand (t > 1)], depthwise, project conv, project BN; block 1 has t = 1.
+  offset = 0 if i == 1 else 1
+  part = rest[0]
+  if part == 'expand':
+    return f'features.{i}.conv.0.{_CBR[rest[1]]}'
+  if part == 'depthwise':
+    return f'features.{i}.conv.{offset}.{_CBR[rest[1]]}'
+  if part == 'project':
+    return f'features.{i}.conv.{offset + 1}'
+  if part == 'project_bn':
+    return f'features.{i}.conv.{offset + 2}'
+  raise KeyError(path)
+
+
+register_layout(
+  'mobilenet_v2',
+  Layout(
+    key_fn=mobilenet_v2_key_fn,
+    kind='backbone',
+    input_shape=(1, 64, 64, 3),
+    ignore=(r'classifier\..*',),  # the ImageNet classifier is not part of the feature extractor
+    description='torchvision.models.mobilenet_v2',
+  ),
+)
