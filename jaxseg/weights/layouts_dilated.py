@@ -48,3 +48,14 @@ register_layout(
     description='DeepLab-LargeFOV Caffe layer names (conv1_1 ... conv5_3, fc6, fc7, fc8)',
   ),
 )
+
+
+register_layout(
+  'dilatednet',
+  Layout(
+    key_fn=lambda path: '.'.join(p for p in path if p not in ('backbone', 'context')),
+    input_shape=(1, 32, 32, 3),
+    num_classes_key='final.weight',
+    description='Yu & Koltun Caffe names (conv1_1 ... fc7, final, ctx_conv1_1 ... ctx_final)',
+  ),
+)
