@@ -94,6 +94,8 @@ class VGG16ArgmaxEncoder(nn.Module):
         )(x, train=train)
       size = tuple(x.shape[1:3])
       x, indices = max_pool_with_argmax(x, 2)
+      # Exposed for parity tests (apply with mutable=["intermediates"]).
+      self.sow("intermediates", f"pool{stage}_indices", indices)
       saved.append((indices, size))
     return x, saved
 

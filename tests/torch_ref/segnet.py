@@ -40,13 +40,25 @@ class VGGEncoder(nn.Module):
         cin = scaled(ch, width)
     self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
 
+  # Pooling decisions to use instead of the computed ones (one NCHW int64 tensor
+  # per stage): lets a parity test replay another implementation's argmax where
+  # two window values are closer than float32 rounding ("near ties").
+  forced_indices = None
+
   def encode(self, x):
     saved = []
+    self.last_indices, self.pre_pool = [], []
     for s, n, _ in VGG16_STAGES:
       for i in range(1, n + 1):
         x = getattr(self, f"conv{s}_{i}")(x)
       size = x.shape[2:]
-      x, idx = self.pool(x)
+      pooled, idx = self.pool(x)
+      self.last_indices.append(idx)
+      self.pre_pool.append(x)
+      if self.forced_indices is not None:
+        idx = self.forced_indices[s - 1]
+        pooled = x.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
+      x = pooled
       saved.append((idx, size))
     return x, saved
 
@@ -111,6 +123,36 @@ class SegNetBasic(nn.Module):
       idx, size = saved[i - 1]
       x = getattr(self, f"conv_decode{i}")(self.unpool(x, idx, output_size=size))
     return self.conv_classifier(x)
+
+
+def forward_with_indices(ref, x, indices):
+  """Runs `ref` on NCHW `x` replaying the given per-stage pooling indices.
+
+  Returns the output and the number of windows where `ref`'s own argmax (on the
+  same activations) differs from the replayed one; asserts that every such
+  window is a near tie (values equal to float32 rounding of the largest
+  activation of that stage), i.e. that the replay changes no real decision.
+  """
+  forced_list = [torch.as_tensor(i, dtype=torch.int64) for i in indices]
+  ref.forced_indices = forced_list
+  try:
+    with torch.no_grad():
+      out = ref(x)
+  finally:
+    ref.forced_indices = None
+  n_diff = 0
+  for own, forced, pre in zip(ref.last_indices, forced_list, ref.pre_pool, strict=True):
+    diff = own != forced
+    if bool(diff.any()):
+      flat = pre.flatten(2)
+      a = flat.gather(2, own.flatten(2)).view_as(own)[diff]
+      b = flat.gather(2, forced.flatten(2)).view_as(own)[diff]
+      gap = float((a - b).abs().max())
+      assert gap <= 1e-5 * float(flat.abs().max()), (
+        f"pooling decision differs by {gap}: not a near tie"
+      )
+      n_diff += int(diff.sum())
+  return out, n_diff
 
 
 def n_params(module: nn.Module) -> int:
