@@ -1,0 +1,182 @@
+"""Modified aligned Xception-65 (DeepLabv3+, Chen et al., ECCV 2018, Sec. 3.2) as a feature extractor.
+
+Chollet's Xception (CVPR 2017) as modified by MSRA's aligned Xception and
+DeepLabv3+: a deeper middle flow (16 repeats), every max pooling replaced by a
+strided depthwise-separable convolution, and batch normalization after each
+3x3 depthwise convolution. Block structure and output-stride handling follow
+the paper's TensorFlow reference (tensorflow/models research/deeplab,
+`core/xception.py`, `xception_65`):
+
+* entry flow: conv 3x3/2 32, conv 3x3 64 (each BN + ReLU), then blocks of three
+  separable convs with depths [128]*3, [256]*3, [728]*3, each strided by its
+  last separable conv and with a 1x1 conv + BN projection shortcut;
+* middle flow: 16 blocks [728]*3 with identity shortcut;
+* exit flow: [728, 1024, 1024] (strided, projection shortcut), then
+  [1536, 1536, 2048] without shortcut.
+In blocks with `activation_in_separable=False` (all but the last) a ReLU
+precedes each separable conv and the separable conv is depthwise -> BN ->
+pointwise -> BN; the last block uses depthwise -> BN -> ReLU -> pointwise ->
+BN -> ReLU instead (the reference's `activation_fn_in_separable_conv`).
+
+`output_stride` 16 or 8 (also 32): once the running stride reaches it, a
+strided block runs at stride 1 with the current rate and all later blocks use
+the rate multiplied by that stride (the reference's `stack_blocks_dense`).
+
+Returned features: 'low_level' (stride 4, 256 ch: the second separable conv
+of entry block 2, the reference's decoder end point), 'entry_flow' (stride
+16 or 8, 728), 'middle_flow' (728) and 'out' (2048, stride output_stride).
+Flax names ('entry_flow/block1/sepconv1/depthwise', ...) are also its
+PyTorch key names, joined with dots; there is no torchvision model.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+
+from jaxseg import layers
+from jaxseg.layers_sep import SeparableConv2d
+from jaxseg.registry import register_backbone
+
+Array = jax.Array
+
+
+class XceptionBlock(nn.Module):
+  """Three separable convs (the last strided) plus a 'conv', 'sum' or 'none' shortcut.
+
+  Attributes:
+    depths: output channels of the three separable convs.
+    skip: 'conv' (1x1 conv + BN projection), 'sum' (identity) or 'none'.
+    strides: stride of the third separable conv (and of the projection).
+    dilation: dilation of the three depthwise convs.
+    activation_in_separable: ReLU inside the separable convs instead of before them.
+    dtype: computation dtype.
+    bn_axis_name: axis for synchronised BatchNorm, or None.
+  """
+
+  depths: Sequence[int]
+  skip: str = 'conv'
+  strides: int = 1
+  dilation: int = 1
+  activation_in_separable: bool = False
+  dtype: Any = None
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> tuple[Array, Array]:
+    """Returns (output, output of the second separable conv)."""
+    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    act = self.activation_in_separable
+    y, second = x, None
+    for i, depth in enumerate(self.depths):
+      if not act:
+        y = nn.relu(y)
+      y = SeparableConv2d(
+        depth,
+        3,
+        self.strides if i == 2 else 1,
+        self.dilation,
+        depthwise_relu=act,
+        relu=act,
+        name=f'sepconv{i + 1}',
+        **sync,
+      )(y, train=train)
+      if i == 1:
+        second = y
+    if self.skip == 'conv':
+      shortcut = layers.Conv2d(self.depths[-1], 1, self.strides, use_bias=False, dtype=self.dtype, name='shortcut')(x)
+      y = y + layers.BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='shortcut_bn')(shortcut, train=train)
+    elif self.skip == 'sum':
+      y = y + x
+    elif self.skip != 'none':
+      raise ValueError(f"skip must be 'conv', 'sum' or 'none', got {self.skip!r}")
+    return y, second
+
+
+class _Flow(nn.Module):
+  """A named group of blocks (entry / middle / exit flow); see `Xception`."""
+
+  blocks: Sequence[tuple[str, dict]]
+  stem: bool = False
+  dtype: Any = None
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> tuple[Array, Array | None]:
+    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    if self.stem:
+      x = layers.ConvBNReLU(32, 3, 2, 1, use_bias=False, name='conv1', **sync)(x, train=train)
+      x = layers.ConvBNReLU(64, 3, 1, 1, use_bias=False, name='conv2', **sync)(x, train=train)
+    seconds = {}
+    for name, kwargs in self.blocks:
+      x, seconds[name] = XceptionBlock(name=name, **kwargs, **sync)(x, train=train)
+    return x, seconds
+
+
+class Xception(nn.Module):
+  """Modified aligned Xception (Xception-65 with 16 middle blocks).
+
+  Attributes:
+    output_stride: 32, 16 or 8.
+    middle_repeats: middle-flow blocks (16 for Xception-65; fewer only for fast tests).
+    dtype: computation dtype.
+    bn_axis_name: axis for synchronised BatchNorm, or None.
+  """
+
+  output_stride: int = 16
+  middle_repeats: int = 16
+  dtype: Any = None
+  bn_axis_name: str | None = None
+
+  def block_specs(self) -> dict[str, list[tuple[str, dict]]]:
+    """Per flow: (block name, XceptionBlock kwargs) with strides/rates set for `output_stride`."""
+    if self.output_stride not in (8, 16, 32):
+      raise ValueError(f'Xception output_stride must be 32, 16 or 8, got {self.output_stride!r}.')
+    flows = {
+      'entry_flow': [
+        ('block1', dict(depths=(128,) * 3, skip='conv', strides=2)),
+        ('block2', dict(depths=(256,) * 3, skip='conv', strides=2)),
+        ('block3', dict(depths=(728,) * 3, skip='conv', strides=2)),
+      ],
+      'middle_flow': [(f'block{i + 1}', dict(depths=(728,) * 3, skip='sum')) for i in range(self.middle_repeats)],
+      'exit_flow': [
+        ('block1', dict(depths=(728, 1024, 1024), skip='conv', strides=2)),
+        ('block2', dict(depths=(1536, 1536, 2048), skip='none', activation_in_separable=True)),
+      ],
+    }
+    current, rate = 2, 1  # the stem's conv1 has stride 2
+    for blocks in flows.values():
+      for _, kw in blocks:
+        stride = kw.get('strides', 1)
+        kw['dilation'] = rate
+        if current == self.output_stride:
+          kw['strides'] = 1
+          rate *= stride
+        else:
+          current *= stride
+    return flows
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+    specs = self.block_specs()
+    layers.check_image_batch(x, 'Xception', channels=3, min_size=self.output_stride)
+    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    feats = {}
+    x, seconds = _Flow(tuple(specs['entry_flow']), stem=True, name='entry_flow', **sync)(x, train=train)
+    feats['low_level'], feats['entry_flow'] = seconds['block2'], x
+    x, _ = _Flow(tuple(specs['middle_flow']), name='middle_flow', **sync)(x, train=train)
+    feats['middle_flow'] = x
+    x, _ = _Flow(tuple(specs['exit_flow']), name='exit_flow', **sync)(x, train=train)
+    feats['out'] = x
+    return feats
+
+
+Xception65 = functools.partial(Xception, middle_repeats=16)
+
+
+@register_backbone('xception65')
+def xception65(**kwargs) -> Xception:
+  return Xception65(**kwargs)
