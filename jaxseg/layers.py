@@ -72,6 +72,148 @@ def bilinear_init(key, shape, dtype=jnp.float32):
   return jnp.asarray(w, dtype)
 
 
+# ---------------------------------------------------------------------------
+# Convolution lowerings.
+#
+# XLA:CPU has training-step cliffs in its convolution gradients: the input
+# gradient of FCN's fc6 (7x7 VALID, 512 -> 4096 on an 11x11 map) takes ~20 s
+# where the same contraction written as shifted slices feeding one matmul
+# takes ~0.3 s, and kernel gradients of wide 3x3 convolutions run at a
+# fraction of GEMM speed. On CPU, `Conv2d` and `ConvTranspose2d` therefore
+# lower to slices + one GEMM (+ overlap-add for transposed convolutions),
+# whose autodiff transposes are again slices, pads and GEMMs. The decision is
+# taken at trace time from `jax.default_backend()`; GPU/TPU keep the plain
+# `lax.conv_general_dilated` lowering, which their compilers handle well.
+# benchmarks/README.md has the measurements behind each threshold.
+# ---------------------------------------------------------------------------
+
+_FASTPATH: list[bool] = [True]
+
+# Patch matrices above this size fall back to the plain lowering (memory).
+_MAX_PATCH_BYTES = 1 << 30
+# Below this many input channels the im2col GEMM does not beat XLA:CPU's own
+# 3x3 convolution (forward+backward, measured: 64 channels at 326x326 2.5x
+# slower, 128 at 163x163 even, 256 at 82x82 1.5x and 512 at 41x41 2-3x
+# faster); large kernels (fc6) always win, by ~30x.
+_MIN_IM2COL_CHANNELS = 256
+_LARGE_KERNEL_AREA = 25
+
+
+@contextlib.contextmanager
+def conv_fastpath(enabled: bool):
+  """Enables or disables the CPU convolution fast paths (at trace time).
+
+  Used by the benchmarks and parity tests to compare against the plain
+  `lax.conv_general_dilated` lowering; results agree to float32 rounding.
+  """
+  _FASTPATH.append(bool(enabled))
+  try:
+    yield
+  finally:
+    _FASTPATH.pop()
+
+
+def _fastpath_on() -> bool:
+  return _FASTPATH[-1] and jax.default_backend() == 'cpu'
+
+
+def _conv_out_size(size: int, pad: tuple[int, int], k: int, d: int, s: int) -> int:
+  return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
+
+
+def _tap_slices(xp: Array, kernel_hw, dilation, strides, out_hw) -> list[Array]:
+  """The kh*kw strided windows of the padded input, one per kernel tap (row-major)."""
+  (kh, kw), (dh, dw), (sh, sw), (ho, wo) = kernel_hw, dilation, strides, out_hw
+  n, _, _, c = xp.shape
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      start = (0, i * dh, j * dw, 0)
+      limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
+      taps.append(jax.lax.slice(xp, start, limit, (1, sh, sw, 1)))
+  return taps
+
+
+def _use_im2col(x_shape, kernel_shape, groups, pads, out_hw, dtype) -> bool:
+  kh, kw, cin, _ = kernel_shape
+  if groups != 1 or any(p < 0 for pair in pads for p in pair) or min(out_hw) < 1:
+    return False
+  area = kh * kw
+  if area > 1 and cin < _MIN_IM2COL_CHANNELS and area < _LARGE_KERNEL_AREA:
+    return False
+  patch_bytes = x_shape[0] * out_hw[0] * out_hw[1] * area * cin * jnp.dtype(dtype).itemsize
+  return patch_bytes <= _MAX_PATCH_BYTES
+
+
+def _conv_im2col(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  """`conv_general_dilated` (NHWC/HWIO, groups=1) as shifted slices feeding one GEMM."""
+  kh, kw, cin, cout = kernel.shape
+  n, h, w, _ = x.shape
+  ho = _conv_out_size(h, pads[0], kh, dilation[0], strides[0])
+  wo = _conv_out_size(w, pads[1], kw, dilation[1], strides[1])
+  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  taps = _tap_slices(xp, (kh, kw), dilation, strides, (ho, wo))
+  # Column order (tap_i, tap_j, cin) matches the row-major HWIO kernel reshape.
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  y = jax.lax.dot_general(
+    patches.reshape(n * ho * wo, kh * kw * cin),
+    kernel.reshape(kh * kw * cin, cout),
+    (((1,), (0,)), ((), ())),
+  )
+  return y.reshape(n, ho, wo, cout)
+
+
+def _conv_transpose_overlap_add(x: Array, kernel: Array, strides, padding, output_padding) -> Array:
+  """PyTorch ConvTranspose2d (kernel (kh, kw, out, in)) as one GEMM plus overlap-add.
+
+  Every input pixel contributes `x[n, h, w] @ kernel[i, j].T` to output pixel
+  `(h * s + i, w * s + j)`. With the kernel zero-padded to a multiple m * s
+  of the stride, tap i = a * s + b lands in output row (h + a) * s + b: the
+  m * m shifted sums of a (s, s) phase block, interleaved by a reshape.
+  """
+  kh, kw, cout, cin = kernel.shape
+  (sh, sw), (ph, pw), (oph, opw) = strides, padding, output_padding
+  n, h, w, _ = x.shape
+  mh, mw = -(-kh // sh), -(-kw // sw)
+  kp = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
+  # (cin, mh, sh, mw, sw, cout) so the GEMM output splits into taps.
+  kmat = kp.reshape(mh, sh, mw, sw, cout, cin).transpose(5, 0, 1, 2, 3, 4).reshape(cin, -1)
+  cols = jax.lax.dot_general(x.reshape(n * h * w, cin), kmat, (((1,), (0,)), ((), ())))
+  cols = cols.reshape(n, h, w, mh, sh, mw, sw, cout)
+  hb, wb = h + mh - 1, w + mw - 1
+  out = None
+  for a in range(mh):
+    for c in range(mw):
+      block = jax.lax.pad(
+        cols[:, :, :, a, :, c, :, :],
+        jnp.zeros((), cols.dtype),
+        ((0, 0, 0), (a, hb - h - a, 0), (c, wb - w - c, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0)),
+      )
+      out = block if out is None else out + block
+  # (n, hb, wb, sh, sw, cout) -> (n, hb, sh, wb, sw, cout): phase interleave.
+  out = out.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb * sh, wb * sw, cout)
+  full_h, full_w = (h - 1) * sh + kh, (w - 1) * sw + kw
+  out_h, out_w = full_h - 2 * ph + oph, full_w - 2 * pw + opw
+  # output_padding extends past the last tap: zeros there, like PyTorch.
+  need_h, need_w = ph + out_h, pw + out_w
+  if need_h > out.shape[1] or need_w > out.shape[2]:
+    out = jnp.pad(
+      out, ((0, 0), (0, max(0, need_h - out.shape[1])), (0, max(0, need_w - out.shape[2])), (0, 0))
+    )
+  return out[:, ph : ph + out_h, pw : pw + out_w, :]
+
+
+def _use_overlap_add(kernel_shape, strides, padding, x_shape, dtype) -> bool:
+  kh, kw, cout, _ = kernel_shape
+  sh, sw = strides
+  if sh < 1 or sw < 1 or min(padding) < 0:
+    return False
+  cols_bytes = (
+    x_shape[0] * x_shape[1] * x_shape[2] * (-(-kh // sh) * sh) * (-(-kw // sw) * sw) * cout
+  )
+  return cols_bytes * jnp.dtype(dtype).itemsize <= _MAX_PATCH_BYTES
+
+
 class Conv2d(nn.Module):
   """2-D convolution on NHWC inputs (PyTorch Conv2d semantics).
 
@@ -109,15 +251,24 @@ class Conv2d(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (kh, kw, in_ch // self.groups, self.features), self.param_dtype)
     dtype = self.dtype or x.dtype
     dilation = _pair(self.dilation)
-    y = jax.lax.conv_general_dilated(
-      x.astype(dtype),
-      kernel.astype(dtype),
-      window_strides=_pair(self.strides),
-      padding=_padding(self.padding, (kh, kw), dilation),
-      rhs_dilation=dilation,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-      feature_group_count=self.groups,
+    strides = _pair(self.strides)
+    padding = _padding(self.padding, (kh, kw), dilation)
+    pads = [(0, 0), (0, 0)] if padding == 'VALID' else padding
+    out_hw = tuple(
+      _conv_out_size(x.shape[1 + a], pads[a], (kh, kw)[a], dilation[a], strides[a]) for a in (0, 1)
     )
+    if _fastpath_on() and _use_im2col(x.shape, kernel.shape, self.groups, pads, out_hw, dtype):
+      y = _conv_im2col(x.astype(dtype), kernel.astype(dtype), strides, pads, dilation)
+    else:
+      y = jax.lax.conv_general_dilated(
+        x.astype(dtype),
+        kernel.astype(dtype),
+        window_strides=strides,
+        padding=padding,
+        rhs_dilation=dilation,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=self.groups,
+      )
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(dtype)
     return y
@@ -159,6 +310,13 @@ class ConvTranspose2d(nn.Module):
     in_ch = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (kh, kw, self.features, in_ch), self.param_dtype)
     dtype = self.dtype or x.dtype
+    if _fastpath_on() and _use_overlap_add(kernel.shape, (sh, sw), (ph, pw), x.shape, dtype):
+      y = _conv_transpose_overlap_add(
+        x.astype(dtype), kernel.astype(dtype), (sh, sw), (ph, pw), (oph, opw)
+      )
+      if self.use_bias:
+        y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+      return y
     # A transposed conv is a conv of the stride-dilated input with the spatially
     # flipped, in/out-swapped kernel, padded by k - 1 - p on each side.
     rhs = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2).astype(dtype)
