@@ -201,7 +201,7 @@ def test_sigkill_during_a_step_then_resume_is_bit_exact(env, reference, tmp_path
   assert wait_for(lambda: target in complete_steps(workdir), p), (
     f'no checkpoint {target}: ' + finish(p)[-3000:]
   )
-  time.sleep(rng.uniform(0.0, 0.15))  # somewhere in the next step(s)
+  time.sleep(rng.uniform(0.0, 0.1))  # somewhere in the next step(s)
   assert p.poll() is None, f'run ended before the kill (seed {seed})'
   p.send_signal(signal.SIGKILL)
   finish(p)
