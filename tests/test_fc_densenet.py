@@ -1,0 +1,111 @@
+"""FC-DenseNet56/67/103: counts (with and without BN statistics), parity with the Tiramisu reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+
+import jaxseg
+
+# name: (trainable, + BN running statistics = the paper's 1.5M / 3.5M / 9.4M)
+COUNTS = {
+  "fc_densenet56": (1_376_795, 1_397_963),
+  "fc_densenet67": (3_463_243, 3_502_923),
+  "fc_densenet103": (9_322_091, 9_425_163),
+}
+
+
+def n_params(tree) -> int:
+  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_param_counts_and_shapes(name):
+  model = jaxseg.create_model(name, num_classes=11)
+  for size in ((32, 32), (37, 45)):
+    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    assert n_params(variables["params"]) == COUNTS[name][0]
+    assert n_params(variables) == COUNTS[name][1]
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    assert out.shape == (2, *size, 11) and out.dtype == jnp.float32
+
+
+def _parity(torch, depth, x, seed, train):
+  from torch_ref.fc_densenet import fc_densenet
+
+  name = f"fc_densenet{depth}"
+  ref = randomize_torch(fc_densenet(depth, num_classes=5, drop=0.0), seed=seed)
+  sd = {
+    k: v.clone() for k, v in ref.state_dict().items()
+  }  # train mode updates ref's stats in place
+  variables = jaxseg.weights.from_torch(name, sd, dropout=0.0)
+  model = jaxseg.create_model(name, num_classes=5, dropout=0.0)
+  xt = torch.from_numpy(to_nchw(x))
+  with torch.no_grad():
+    expected = to_nhwc(ref.eval()(xt).numpy())
+  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert got.shape == expected.shape == (*x.shape[:3], 5)
+  assert rel_err(got, expected) < 1e-4
+  if not train:
+    return
+  with torch.no_grad():
+    expected = to_nhwc(ref.train()(xt).numpy())
+  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+    variables, x
+  )
+  assert rel_err(got, expected) < 1e-4
+  exported = jaxseg.weights.to_torch(name, {"params": variables["params"], **updates})
+  stats = [k for k in ref.state_dict() if "running" in k]
+  assert stats
+  for k in stats:
+    assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
+
+
+def test_parity_fc_densenet103(torch_module):
+  x = np.random.default_rng(9).standard_normal((1, 37, 45, 3)).astype(np.float32)
+  _parity(torch_module, 103, x, seed=9, train=False)
+
+
+def test_parity_fc_densenet56_eval_and_train(torch_module):
+  x = np.random.default_rng(10).standard_normal((2, 67, 35, 3)).astype(np.float32)
+  _parity(torch_module, 56, x, seed=10, train=True)
+
+
+def test_gradients_reach_every_parameter():
+  model = jaxseg.create_model("fc_densenet56", num_classes=3, growth_rate=2, first_features=4)
+  x = jax.random.normal(jax.random.key(0), (2, 33, 35, 3))
+  variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
+
+  @jax.jit
+  def grads_and_out(params):
+    def loss(params):
+      out, _ = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(2)},
+      )
+      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
+
+    return jax.grad(loss, has_aux=True)(params)
+
+  grads, out = grads_and_out(variables["params"])
+  assert out.shape == (2, 33, 35, 3) and bool(jnp.all(jnp.isfinite(out)))
+  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
+      path
+    )
+
+
+def test_bad_inputs():
+  model = jaxseg.create_model("fc_densenet103", num_classes=2)
+  init = lambda shape: jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
+  )
+  with pytest.raises(ValueError, match=r"needs H and W >= 32, got \(31, 64\)"):
+    init((1, 31, 64, 3))
+  with pytest.raises(ValueError, match="expects 3 input channels"):
+    init((1, 32, 32, 1))
