@@ -1,0 +1,42 @@
+"""Hypercolumns (Hariharan et al., CVPR 2015) as a semantic segmentation network on PASCAL VOC 2012.
+
+Run:    python -m train.main --config configs/hypercolumn.py --workdir runs/hypercolumn
+Smoke:  python -m train.main --config configs/hypercolumn.py:smoke --workdir /tmp/hypercolumn_smoke
+
+Paper recipe: R-CNN's VGG16 (ImageNet, fine-tuned for detection), hypercolumns
+from pool2, conv4_3 and fc7 of detection boxes warped to 224x224, per-pixel
+classifiers fine-tuned with SGD (Caffe: momentum 0.9, weight decay 5e-4,
+lr 1e-3 class of settings). Paper result (SDS, VOC 2012 val): APr 60.0 at 0.5
+overlap (SDS baseline 49.7). Object detection boxes are not part of jaxseg:
+this recipe classifies every pixel of whole 320x320 crops.
+
+Pretrained VGG16 weights: `--config.model.backbone_weights=/path/vgg16-397923af.pth`.
+"""
+
+from configs import common
+
+
+def get_config(variant: str = ''):
+  c = common.base_config()
+  c.dataset.name = 'voc'
+  c.dataset.config = '2012_aug'
+  c.dataset.num_classes = 21
+  c.dataset.train_split = 'train_aug'
+  c.dataset.eval_split = 'val'
+  c.dataset.crop_size = (320, 320)  # fc6/fc7 in the hypercolumn need >= 193x193
+  c.model.name = 'hypercolumn'
+  c.model.kwargs.layers = ('pool2', 'conv4_3', 'fc7')
+  c.optim.name = 'sgd'
+  c.optim.lr = 1e-3
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.schedule = 'poly'
+  c.train.batch_size = 8
+  c.train.num_steps = 30_000
+  c.train.eval_every = 2_000
+  c.train.checkpoint_every = 2_000
+  if variant == 'smoke':
+    return common.smoke(c, size=193)  # the smallest size fc6 (7x7 VALID on pool5) takes
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} of configs/hypercolumn.py (known: 'smoke')")
+  return c

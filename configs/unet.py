@@ -1,0 +1,54 @@
+"""U-Net (Ronneberger, Fischer & Brox, MICCAI 2015), the original valid-convolution network.
+
+Run:    python -m train.main --config configs/unet.py --workdir runs/unet
+Smoke:  python -m train.main --config configs/unet.py:smoke --workdir /tmp/unet_smoke
+
+Paper recipe: grayscale microscopy tiles of 572x572 (output 388x388), batch of
+one large tile, SGD with momentum 0.99, pixel-wise softmax cross-entropy with
+a weight map (class balancing plus a border term separating touching cells),
+Gaussian initialisation with std sqrt(2/N), elastic deformations as the main
+augmentation, dropout at the end of the contracting path.
+Paper results: ISBI 2012 EM segmentation challenge, warping error 0.000353
+(rand error 0.0382); ISBI 2015 cell tracking challenge, mean IoU 0.9203
+(PhC-U373) and 0.7756 (DIC-HeLa).
+
+The microscopy datasets are not built into jaxseg; this recipe trains the same
+network on PASCAL VOC 2012 (RGB: in_channels=3) with the paper's optimiser.
+The learning rate is not given in the paper; 0.01 is this recipe's choice.
+The logits are smaller than the input (572 -> 388): the training loop compares
+them with the center crop of the labels of the same size, which is where the
+valid network's outputs sit.
+"""
+
+from configs import common
+
+
+def get_config(variant: str = ''):
+  c = common.base_config()
+  c.dataset.name = 'voc'
+  c.dataset.config = '2012_aug'
+  c.dataset.num_classes = 21
+  c.dataset.in_channels = 3
+  c.dataset.train_split = 'train_aug'
+  c.dataset.eval_split = 'val'
+  c.dataset.crop_size = (572, 572)  # a valid size: output 388x388
+  c.dataset.eval_size = (572, 572)
+  c.model.name = 'unet'
+  c.model.kwargs.in_channels = 3
+  c.optim.name = 'sgd'
+  c.optim.lr = 0.01
+  c.optim.momentum = 0.99
+  c.optim.weight_decay = 0.0
+  c.optim.schedule = 'constant'
+  c.train.batch_size = 1
+  c.train.num_steps = 20_000
+  c.train.eval_every = 2_000
+  c.train.checkpoint_every = 2_000
+  if variant == 'smoke':
+    # 236 is a valid input size of the depth-4 valid U-Net (output 52x52).
+    c = common.smoke(c, size=236)
+    c.dataset.eval_size = (236, 236)
+    return c
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} of configs/unet.py (known: 'smoke')")
+  return c
