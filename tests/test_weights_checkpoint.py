@@ -1,0 +1,135 @@
+"""Converted checkpoints: convert CLI -> load_checkpoint -> same outputs; export CLI -> strict PyTorch load."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+
+import jaxseg
+import jaxseg.weights.convert as convert_cli
+import jaxseg.weights.export as export_cli
+from jaxseg.weights import checkpoint_metadata, load_checkpoint, save_checkpoint, to_torch
+from jaxseg.weights.core import target_shapes
+
+
+def test_fcn8s_convert_load_export_round_trip(torch_module, tmp_path, capsys):
+  """pytorch-fcn FCN-8s .pth -> convert -> load_checkpoint (outputs match) -> export -> strict torch load."""
+  torch = torch_module
+  from torch_ref.fcn import FCN as TorchFCN
+
+  torch.manual_seed(0)
+  ref = randomize_torch(TorchFCN(n_class=3, stride=8), seed=11).eval()
+  torch.save(ref.state_dict(), tmp_path / 'fcn8s.pth')
+  ckpt = tmp_path / 'ckpt'
+  assert convert_cli.main(['--model', 'fcn8s', '--input', str(tmp_path / 'fcn8s.pth'), '--output', str(ckpt)]) == 0
+  # 134,489,759 at 21 classes minus the class-dependent score/upscore weights: 4,866C + 288C^2 + C
+  assert 'fcn8s (3 classes), 134,277,737 parameters' in capsys.readouterr().out
+  assert sorted(os.listdir(tmp_path)) == ['ckpt', 'fcn8s.pth']  # no temporary left behind
+  meta = checkpoint_metadata(ckpt)
+  assert (meta['name'], meta['kind'], meta['num_classes'], meta['normalize']) == ('fcn8s', 'model', 3, 'imagenet')
+
+  model, variables = load_checkpoint(ckpt)
+  assert type(model).__name__ == 'FCN' and model.num_classes == 3 and model.stride == 8
+  x = np.random.default_rng(0).standard_normal((1, 35, 29, 3)).astype(np.float32)
+  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+  with torch.no_grad():
+    expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
+  assert got.shape == expected.shape == (1, 35, 29, 3)
+  assert rel_err(got, expected) < 1e-4
+
+  out = tmp_path / 'fcn8s.safetensors'
+  assert export_cli.main(['--checkpoint', str(ckpt), '--output', str(out)]) == 0
+  from safetensors.torch import load_file
+
+  fresh = TorchFCN(n_class=3, stride=8).eval()  # different random init
+  fresh.load_state_dict(load_file(out), strict=True)
+  with torch.no_grad():
+    again = to_nhwc(fresh(torch.from_numpy(to_nchw(x))).numpy())
+  np.testing.assert_array_equal(again, expected)
+  # upscore* are ConvTranspose2d: their (in, out, kh, kw) weights come back untouched.
+  np.testing.assert_array_equal(fresh.upscore8.weight.detach().numpy(), ref.upscore8.weight.detach().numpy())
+
+
+def tiny_vgg_variables(seed=0):
+  shapes = target_shapes(jaxseg.create_backbone('vgg16_bn', width=0.0625), (1, 32, 32, 3))
+  rng = np.random.default_rng(seed)
+  return {
+    k: jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape, dtype=np.float32), v)
+    for k, v in shapes.items()
+    if k in ('params', 'batch_stats')
+  }
+
+
+def test_save_checkpoint_is_atomic_and_refuses_to_overwrite(tmp_path, monkeypatch):
+  variables = tiny_vgg_variables()
+  ckpt = tmp_path / 'vgg'
+  save_checkpoint(ckpt, 'vgg16_bn', variables, model_kwargs={'width': 0.0625}, normalize='caffe')
+  model, restored = load_checkpoint(ckpt)
+  assert model.batch_norm and model.width == 0.0625
+  assert checkpoint_metadata(ckpt)['normalize'] == 'caffe'
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(restored), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(FileExistsError, match='exists; pass overwrite=True'):
+    save_checkpoint(ckpt, 'vgg16_bn', variables, model_kwargs={'width': 0.0625})
+
+  # A failure after the arrays are written leaves the old checkpoint intact and no temporaries.
+  other = tiny_vgg_variables(seed=1)
+
+  def boom(*args, **kwargs):
+    raise OSError('disk full')
+
+  monkeypatch.setattr(json, 'dump', boom)
+  with pytest.raises(OSError, match='disk full'):
+    save_checkpoint(ckpt, 'vgg16_bn', other, model_kwargs={'width': 0.0625}, overwrite=True)
+  monkeypatch.undo()
+  assert os.listdir(tmp_path) == ['vgg']
+  _, still = load_checkpoint(ckpt)
+  np.testing.assert_array_equal(
+    still['params']['conv1_1']['conv']['kernel'], variables['params']['conv1_1']['conv']['kernel']
+  )
+
+  save_checkpoint(ckpt, 'vgg16_bn', other, model_kwargs={'width': 0.0625}, overwrite=True)
+  _, new = load_checkpoint(ckpt)
+  np.testing.assert_array_equal(
+    new['params']['conv1_1']['conv']['kernel'], other['params']['conv1_1']['conv']['kernel']
+  )
+  assert os.listdir(tmp_path) == ['vgg']
+
+  with pytest.raises(ValueError, match='JSON-serialisable'):
+    save_checkpoint(tmp_path / 'x', 'vgg16_bn', variables, model_kwargs={'dtype': np.float16})
+  with pytest.raises(FileNotFoundError, match='not a jaxseg converted checkpoint'):
+    load_checkpoint(tmp_path)
+
+
+def test_convert_cli_with_another_class_count_and_export_npz(tmp_path, capsys):
+  model21 = jaxseg.create_model('fcn32s', num_classes=21, width=0.125)
+  shapes = target_shapes(model21, (1, 32, 32, 3))
+  rng = np.random.default_rng(2)
+  sd = to_torch('fcn32s', jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape, dtype=np.float32), shapes))
+  np.savez(tmp_path / 'voc.npz', **sd)
+  args = ['--model', 'fcn32s', '--input', str(tmp_path / 'voc.npz'), '--output', str(tmp_path / 'c')]
+  convert_cli.main(args + ['--num_classes', '4', '--model_kwargs', '{"width": 0.125}', '--normalize', 'caffe'])
+  log = capsys.readouterr().out
+  assert '3 re-initialised' in log and 'score_fr.weight: checkpoint (21, 512, 1, 1) -> model (4, 512, 1, 1)' in log
+  assert 'upscore.weight: checkpoint (21, 21, 64, 64) -> model (4, 4, 64, 64)' in log
+  model, variables = load_checkpoint(tmp_path / 'c')
+  assert model.num_classes == 4 and model.width == 0.125
+  np.testing.assert_array_equal(variables['params']['backbone']['fc7']['bias'], sd['fc7.bias'])
+  assert not np.any(variables['params']['score_fr']['kernel'])  # FCN's zero init of the new classifier
+
+  export_cli.main(['--checkpoint', str(tmp_path / 'c'), '--output', str(tmp_path / 'c.npz')])
+  with np.load(tmp_path / 'c.npz') as z:
+    assert z['score_fr.weight'].shape == (4, 512, 1, 1)
+    np.testing.assert_array_equal(z['conv3_1.weight'], sd['conv3_1.weight'])
+  with pytest.raises(SystemExit, match='must be a JSON object'):
+    convert_cli.main(args + ['--model_kwargs', '[1]'])
+  with pytest.raises(ValueError, match='is a backbone: it has no classifier'):
+    convert_cli.main(['--model', 'vgg16', '--input', 'x.npz', '--output', 'y', '--num_classes', '3'])
+  with pytest.raises(ValueError, match=r'must end in \.safetensors or \.npz'):
+    export_cli.main(['--checkpoint', str(tmp_path / 'c'), '--output', str(tmp_path / 'c.pth')])
+  # Importing the CLI modules leaves jaxseg.weights.convert / .export callable as the core functions.
+  assert callable(jaxseg.weights.convert) and callable(jaxseg.weights.export)
+  assert sorted(jaxseg.weights.export(variables, jaxseg.weights.get_layout('fcn32s'))) == sorted(sd)
