@@ -59,3 +59,36 @@ register_layout(
     description='Yu & Koltun Caffe names (conv1_1 ... fc7, final, ctx_conv1_1 ... ctx_final)',
   ),
 )
+
+
+_SEMSEG_STEM = {'conv1': 'layer0.0', 'bn1': 'layer0.1', 'conv2': 'layer0.3', 'bn2': 'layer0.4'}
+_SEMSEG_STEM.update({'conv3': 'layer0.6', 'bn3': 'layer0.7'})
+_SEMSEG_HEAD = {'cls_conv': 'cls.0', 'cls_bn': 'cls.1', 'cls': 'cls.4'}
+_SEMSEG_HEAD.update({'aux_conv': 'aux.0', 'aux_bn': 'aux.1', 'aux_cls': 'aux.4'})
+
+
+def _pspnet_key_fn(path: tuple[str, ...]) -> str:
+  from jaxseg.weights.layouts_resnet import resnet_key_fn
+
+  head, rest = path[0], path[1:]
+  if head == 'backbone':
+    if rest[0] in _SEMSEG_STEM:
+      return _SEMSEG_STEM[rest[0]]
+    return resnet_key_fn(rest)
+  if head in _SEMSEG_HEAD:
+    return _SEMSEG_HEAD[head]
+  if head.startswith('ppm_'):  # ppm_{i}_conv / ppm_{i}_bn -> ppm.features.{i}.1 / .2
+    _, i, kind = head.split('_')
+    return f'ppm.features.{i}.{1 if kind == "conv" else 2}'
+  raise KeyError(f'no semseg PSPNet key for Flax module path {path}')
+
+
+register_layout(
+  'pspnet',
+  Layout(
+    key_fn=_pspnet_key_fn,
+    input_shape=(1, 48, 48, 3),
+    num_classes_key='cls.4.weight',
+    description='hszhao/semseg PSPNet (layer0..layer4, ppm.features.N, cls, aux)',
+  ),
+)
