@@ -15,7 +15,7 @@ from jaxseg.data.pipeline import (
   get_source,
   num_examples,
 )
-from jaxseg.data.transforms import denormalize, normalize
+from jaxseg.data.transforms import denormalize, denormalize_jax, normalize
 
 __all__ = [
   'VOC_CLASSES',
@@ -25,6 +25,7 @@ __all__ = [
   'create_train_iterator',
   'dataset_info',
   'denormalize',
+  'denormalize_jax',
   'get_source',
   'normalize',
   'num_examples',

@@ -68,6 +68,19 @@ def denormalize(image: np.ndarray, mode: str = 'imagenet') -> np.ndarray:
   return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def denormalize_jax(image, mode: str = 'imagenet'):
+  """`denormalize` in jax.numpy (jit-able): network input -> uint8 RGB."""
+  import jax.numpy as jnp
+
+  check_mode(mode)
+  x = jnp.asarray(image, jnp.float32)
+  if mode == 'imagenet':
+    x = (x * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+  else:
+    x = (x + CAFFE_MEAN_BGR)[..., ::-1]
+  return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
+
+
 def _check_pair(image: np.ndarray, label: np.ndarray) -> None:
   if image.ndim != 3 or label.ndim != 2 or image.shape[:2] != label.shape:
     raise ValueError(
