@@ -92,9 +92,10 @@ def test_padded_parity_eval_and_train(torch_module):
     assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
 
-@pytest.mark.parametrize("name,size", [("unet", (188, 204)), ("unet_padded", (21, 19))])
+# Depth 2 keeps the backward compile short; every kind of layer is still there.
+@pytest.mark.parametrize("name,size", [("unet", (44, 60)), ("unet_padded", (21, 19))])
 def test_gradients_reach_every_parameter(name, size):
-  model = jaxseg.create_model(name, num_classes=3, in_channels=1, features=4)
+  model = jaxseg.create_model(name, num_classes=3, in_channels=1, features=4, depth=2)
   x = jax.random.normal(jax.random.key(0), (2, *size, 1))
   variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
 
