@@ -229,3 +229,15 @@ def test_eval_and_predict_clis(trained, tmp_path):
   np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=2e-2)
   with Image.open(tmp_path / 'pred' / 'voc_overlay.png') as im:
     assert im.size == (2 * photo.shape[1], photo.shape[0])
+
+
+def test_eval_multiscale_flip_window_crf(trained):
+  """The inference options run through the same whole-split evaluation and stay close to single-scale."""
+  from train import eval as eval_lib
+
+  workdir, summary = trained
+  base = eval_lib.evaluate_checkpoint(workdir, progress=False)
+  np.testing.assert_allclose(base['miou'], summary['eval']['miou'], rtol=1e-6)
+  for kwargs in (dict(scales=(0.75, 1.0, 1.25), flip=True), dict(window=24), dict(crf=True)):
+    r = eval_lib.evaluate_checkpoint(workdir, progress=False, **kwargs)
+    assert 0.0 <= r['miou'] <= 1.0 and np.sum(r['confusion']) == np.sum(base['confusion'])

@@ -56,8 +56,11 @@ def make_predict_fn(model, config, *, scales=(1.0,), flip=False, window: int = 0
       from jaxseg import crf as crf_lib
       from jaxseg import data as data_lib
 
-      rgb = data_lib.denormalize_jax(images, config.dataset.normalize)
-      probs = crf_lib.dense_crf(rgb, probs)
+      from jaxseg.data import transforms
+
+      rgb = transforms.denormalize_jax(images, config.dataset.normalize)
+      # The CRF's unary is -log P of the (multi-scale) network probabilities.
+      probs = crf_lib.dense_crf(rgb, jnp.log(jnp.maximum(probs, 1e-8)))
     return jnp.argmax(probs, axis=-1)
 
   return predict
