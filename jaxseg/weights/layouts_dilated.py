@@ -92,3 +92,22 @@ register_layout(
     description='hszhao/semseg PSPNet (layer0..layer4, ppm.features.N, cls, aux)',
   ),
 )
+
+
+def _deeplab_v2_key_fn(path: tuple[str, ...]) -> str:
+  from jaxseg.weights.layouts_resnet import resnet_key_fn
+
+  if path[0] == 'backbone':
+    return 'backbone.' + resnet_key_fn(path[1:])
+  return path[0].replace('aspp_', 'aspp.')  # aspp_c0 -> aspp.c0
+
+
+register_layout(
+  'deeplab_v2',
+  Layout(
+    key_fn=_deeplab_v2_key_fn,
+    input_shape=(1, 32, 32, 3),
+    num_classes_key='aspp.c0.weight',
+    description='torchvision ResNet under backbone.*, ASPP branches aspp.c0..c3 (kazuto1011/deeplab-pytorch naming)',
+  ),
+)
