@@ -1,0 +1,55 @@
+"""PSPNet on PASCAL VOC 2012 (Zhao et al., CVPR 2017), recipe of the hszhao/semseg re-implementation.
+
+Run:    python -m train.main --config configs/pspnet.py --workdir runs/pspnet50
+        python -m train.main --config configs/pspnet.py:r101 --workdir runs/pspnet101
+Smoke:  python -m train.main --config configs/pspnet.py:smoke --workdir /tmp/pspnet_smoke
+
+Recipe (semseg config/voc2012/voc2012_pspnet50.yaml): dilated ResNet-50/101 at
+output stride 8, SGD momentum 0.9, weight decay 1e-4, base lr 0.01 (10x on the
+PPM and heads) with the poly policy (power 0.9), batch 16 of 473x473 crops,
+random scale 0.5-2.0, flips, 50 epochs of the 10,582 augmented training images
+(about 33K iterations), auxiliary loss weight 0.4.
+Reported (VOC 2012 val, single scale): ResNet-50 77.05, ResNet-101 79.07 mIoU.
+Those models use semseg's deep-stem ImageNet weights (`deep_stem=True`); with
+torchvision ImageNet weights keep `deep_stem=False` (the default here).
+
+Pretrained ResNet via `--config.model.backbone_weights=/path/resnet50-0676ba61.pth`.
+"""
+
+from configs import common
+
+
+def get_config(variant: str = ''):
+  c = common.base_config()
+  c.dataset.name = 'voc'
+  c.dataset.config = '2012_aug'
+  c.dataset.num_classes = 21
+  c.dataset.train_split = 'train_aug'
+  c.dataset.eval_split = 'val'
+  c.dataset.crop_size = (473, 473)
+  c.dataset.scale_range = (0.5, 2.0)
+  c.dataset.normalize = 'imagenet'
+  c.model.name = 'pspnet'
+  c.model.kwargs.backbone = 'resnet50'
+  c.model.kwargs.deep_stem = False
+  c.optim.name = 'sgd'
+  c.optim.lr = 0.01
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = 'poly'
+  c.optim.power = 0.9
+  c.optim.head_lr_mult = 10.0
+  c.train.batch_size = 16
+  c.train.num_steps = 33_000
+  c.train.aux_loss_weight = 0.4
+  c.train.eval_every = 3_000
+  c.train.checkpoint_every = 1_000
+  if variant == 'smoke':
+    # PSPNet needs H, W >= 41 (the stride-8 map must hold the 6x6 pyramid bins): 64 is safe.
+    return common.smoke(c, size=64)
+  if variant == 'r101':
+    c.model.kwargs.backbone = 'resnet101'
+    return c
+  if variant:
+    raise ValueError(f"unknown variant {variant!r} of configs/pspnet.py (known: 'smoke', 'r101')")
+  return c
