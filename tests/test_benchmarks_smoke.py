@@ -1,0 +1,40 @@
+"""Smoke run of `python -m benchmarks.run` on a tiny FCN (the script, its JSON and table)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_benchmark_script_tiny_model(tmp_path):
+  out = tmp_path / 'bench.json'
+  cmd = [
+    sys.executable, '-m', 'benchmarks.run', '--models', 'fcn32s', '--model-kwargs', '{"width": 0.0625}',
+    '--batch', '1', '--size', '20x27', '--reps', '2', '--gemm-size', '64', '--json', str(out),
+  ]  # fmt: skip
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'train img/s' in proc.stdout and 'fcn32s' in proc.stdout
+  report = json.loads(out.read_text())
+  assert report['gemm_flops'] > 0 and report['environment']['jax']
+  (row,) = report['models']
+  assert 'error' not in row, row
+  j = row['jax']
+  assert j['input_shape'] == [1, 20, 27, 3] and j['output_shape'] == [1, 20, 27, 21]
+  assert j['train_img_s'] > 0 and j['infer_img_s'] > 0 and len(j['train_times']) == 2
+  assert j['train_compile_s'] > 0 and j['train_flops'] > j['infer_flops'] > 0
+  assert 0 < row['train_gemm_frac'] and j['peak_rss_bytes'] > 0
+  # Static shapes and a reused AOT executable: exactly one compile per function.
+  assert j['train_executables'] == 1 and j['infer_executables'] == 1
+  assert 'torch' not in row  # constructor kwargs change the architecture: no counterpart
+
+
+def test_unknown_model_is_rejected():
+  from benchmarks import run
+
+  with pytest.raises(SystemExit, match='unknown model'):
+    run.main(['--models', 'no_such_model', '--no-torch'])
