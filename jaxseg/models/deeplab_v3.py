@@ -184,7 +184,8 @@ class DeepLabV3Plus(nn.Module):
     low_level_features: channels of the reduced stride-4 features (48).
     features: channels of ASPP and decoder (256).
     align_corners: of the bilinear resizes (True in the TF reference and jfzhang95).
-    backbone_kwargs: extra kwargs for the encoder (e.g. multi_grid, or tiny variants for tests).
+    backbone_kwargs: extra kwargs for the encoder (default multi_grid (1, 2, 4) for ResNets,
+      last_conv=False for MobileNetV2; tiny variants for tests).
     dtype: computation dtype; logits are float32.
     bn_axis_name: axis for synchronised BatchNorm, or None.
   """
@@ -204,7 +205,12 @@ class DeepLabV3Plus(nn.Module):
   bn_axis_name: str | None = None
 
   def backbone_spec(self) -> tuple[str, dict]:
-    return self.backbone, dict(output_stride=self.output_stride, **dict(self.backbone_kwargs or {}))
+    kwargs = dict(output_stride=self.output_stride, **dict(self.backbone_kwargs or {}))
+    if self.backbone.startswith('resnet'):
+      kwargs.setdefault('multi_grid', (1, 2, 4))  # as the paper's ResNet-101 and jfzhang95's encoder
+    elif self.backbone == 'mobilenet_v2':
+      kwargs.setdefault('last_conv', False)  # DeepLab reads the 320-channel features.17
+    return self.backbone, kwargs
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -213,7 +219,9 @@ class DeepLabV3Plus(nn.Module):
       raise ValueError(f'DeepLabV3Plus backbone must be one of {sorted(_ENCODER_KEYS)}, got {self.backbone!r}.')
     layers.check_image_batch(x, 'DeepLabV3Plus', channels=3, min_size=self.output_stride)
     name, kwargs = self.backbone_spec()
-    encoder = create_backbone(name, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name='backbone', **kwargs)
+    # Built detached (the registry's first argument is also called `name`), then bound here as `backbone`.
+    encoder = create_backbone(name, dtype=self.dtype, bn_axis_name=self.bn_axis_name, parent=None, **kwargs)
+    encoder = encoder.clone(parent=self, name='backbone')
     feats = encoder(x, train=train)
     low_key, high_key = _ENCODER_KEYS[self.backbone]
     sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
