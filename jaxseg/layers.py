@@ -11,6 +11,7 @@ transposed convolutions (PyTorch's ConvTranspose2d weight permuted by
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -163,6 +164,37 @@ def _conv_im2col(x: Array, kernel: Array, strides, pads, dilation) -> Array:
   return y.reshape(n, ho, wo, cout)
 
 
+
+def _conv_plain(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  return jax.lax.conv_general_dilated(
+    x, kernel, strides, [tuple(p) for p in pads], rhs_dilation=dilation,
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )  # fmt: skip
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_im2col_grad(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  """XLA's own forward convolution, with the gradients of the im2col formulation.
+
+  For small kernels XLA:CPU's forward convolution beats im2col (no 9x patch
+  matrix), while its input and kernel gradients are the slow part; this keeps
+  the fast half of each (inference is unaffected, training gets the GEMMs).
+  """
+  return _conv_plain(x, kernel, strides, pads, dilation)
+
+
+def _conv_im2col_grad_fwd(x, kernel, strides, pads, dilation):
+  return _conv_plain(x, kernel, strides, pads, dilation), (x, kernel)
+
+
+def _conv_im2col_grad_bwd(strides, pads, dilation, res, g):
+  x, kernel = res
+  _, vjp = jax.vjp(lambda x, k: _conv_im2col(x, k, strides, pads, dilation), x, kernel)
+  return vjp(g)
+
+
+_conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
+
 def _conv_transpose_overlap_add(x: Array, kernel: Array, strides, padding, output_padding) -> Array:
   """PyTorch ConvTranspose2d (kernel (kh, kw, out, in)) as one GEMM plus overlap-add.
 
@@ -258,7 +290,9 @@ class Conv2d(nn.Module):
       _conv_out_size(x.shape[1 + a], pads[a], (kh, kw)[a], dilation[a], strides[a]) for a in (0, 1)
     )
     if _fastpath_on() and _use_im2col(x.shape, kernel.shape, self.groups, pads, out_hw, dtype):
-      y = _conv_im2col(x.astype(dtype), kernel.astype(dtype), strides, pads, dilation)
+      args = (x.astype(dtype), kernel.astype(dtype), strides, tuple(map(tuple, pads)), dilation)
+      large = kh * kw >= _LARGE_KERNEL_AREA or kh * kw == 1
+      y = _conv_im2col(*args) if large else _conv_im2col_grad(*args)
     else:
       y = jax.lax.conv_general_dilated(
         x.astype(dtype),

@@ -48,27 +48,33 @@ def _compare(module, x_shape, seed=0):
       results.append(jax.jit(lambda v, x: outputs_and_grads(v, x))(variables, x))
   (y_fast, g_fast), (y_plain, g_plain) = results
   assert y_fast.shape == y_plain.shape
-  errs = {"out": _rel(y_fast, y_plain), "dx": _rel(g_fast[1], g_plain[1])}
-  for name in g_plain[0]["params"]:
-    errs[f"d{name}"] = _rel(g_fast[0]["params"][name], g_plain[0]["params"][name])
+  errs = {'out': _rel(y_fast, y_plain), 'dx': _rel(g_fast[1], g_plain[1])}
+  for name in g_plain[0]['params']:
+    errs[f'd{name}'] = _rel(g_fast[0]['params'][name], g_plain[0]['params'][name])
   return errs
 
 
 def _conv_count(fn, *args) -> int:
-  return str(jax.make_jaxpr(fn)(*args)).count("conv_general_dilated")
+  return str(jax.make_jaxpr(fn)(*args)).count('conv_general_dilated')
+
+
+def _fast(fn, *args) -> bool:
+  """Whether a fast path is taken: no XLA conv at all, or the custom-VJP one (3x3)."""
+  jaxpr = str(jax.make_jaxpr(fn)(*args))
+  return 'conv_general_dilated' not in jaxpr or 'custom_vjp_call' in jaxpr
 
 
 @pytest.fixture
 def low_threshold(monkeypatch):
   """Routes every 3x3 conv through im2col, so odd cases run on tiny channel counts."""
-  monkeypatch.setattr(layers, "_MIN_IM2COL_CHANNELS", 1)
+  monkeypatch.setattr(layers, '_MIN_IM2COL_CHANNELS', 1)
 
 
 CONV_CASES = [
   # (kwargs, input shape)
   (dict(features=8, kernel_size=3, strides=2, padding=1), (2, 9, 12, 5)),  # odd/even sizes, stride
   (dict(features=6, kernel_size=3, padding=2, dilation=2), (1, 13, 10, 4)),  # atrous
-  (dict(features=6, kernel_size=(3, 5), padding="SAME", dilation=(2, 3)), (2, 12, 15, 3)),
+  (dict(features=6, kernel_size=(3, 5), padding='SAME', dilation=(2, 3)), (2, 12, 15, 3)),
   (
     dict(features=6, kernel_size=(2, 3), strides=(1, 2), padding=((0, 1), (2, 0))),
     (2, 7, 9, 3),
@@ -77,19 +83,19 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,shape", CONV_CASES)
+@pytest.mark.parametrize('kwargs,shape', CONV_CASES)
 def test_conv_im2col_equals_plain(low_threshold, kwargs, shape):
   module = layers.Conv2d(**kwargs)
   x = jnp.zeros(shape)
   v = module.init(jax.random.key(0), x)
-  assert _conv_count(lambda v, x: module.apply(v, x), v, x) == 0  # the fast path is what we compare
+  assert _fast(lambda v, x: module.apply(v, x), v, x)  # the fast path is what we compare
   errs = _compare(module, shape)
   assert max(errs.values()) < 1e-5, errs
 
 
 def test_conv_real_thresholds():
   """The shapes that trigger the fast path at the default thresholds: fc6-like and wide 3x3."""
-  fc6 = layers.Conv2d(16, 7, padding="VALID")  # the fc6 cliff: 7x7 VALID on a small map
+  fc6 = layers.Conv2d(16, 7, padding='VALID')  # the fc6 cliff: 7x7 VALID on a small map
   wide = layers.Conv2d(8, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs
   narrow = layers.Conv2d(8, 3, padding=1)
   for module, shape, fast in (
@@ -99,7 +105,7 @@ def test_conv_real_thresholds():
   ):
     x = jnp.zeros(shape)
     v = module.init(jax.random.key(0), x)
-    assert (_conv_count(lambda v, x, m=module: m.apply(v, x), v, x) == 0) == fast, (shape, fast)
+    assert _fast(lambda v, x, m=module: m.apply(v, x), v, x) == fast, (shape, fast)
     errs = _compare(module, shape, seed=3)
     assert max(errs.values()) < 1e-5, (shape, errs)
 
@@ -125,7 +131,7 @@ TRANSPOSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel,stride,padding,output_padding,use_bias", TRANSPOSE_CASES)
+@pytest.mark.parametrize('kernel,stride,padding,output_padding,use_bias', TRANSPOSE_CASES)
 def test_conv_transpose_overlap_add_equals_plain(kernel, stride, padding, output_padding, use_bias):
   module = layers.ConvTranspose2d(6, kernel, stride, padding, output_padding, use_bias=use_bias)
   shape = (2, 5, 7, 3)
@@ -149,7 +155,7 @@ def test_conv_transpose_output_size_matches_pytorch_rule():
 
 def test_fastpath_only_on_cpu(monkeypatch):
   """GPU/TPU keep lax.conv_general_dilated: the decision is made at trace time by backend."""
-  fc6 = layers.Conv2d(16, 7, padding="VALID")
+  fc6 = layers.Conv2d(16, 7, padding='VALID')
   up = layers.ConvTranspose2d(4, 16, 8, use_bias=False)
   x1, x2 = jnp.zeros((1, 9, 9, 8)), jnp.zeros((1, 3, 3, 4))
   v1, v2 = fc6.init(jax.random.key(0), x1), up.init(jax.random.key(0), x2)
@@ -159,15 +165,15 @@ def test_fastpath_only_on_cpu(monkeypatch):
   assert count1() == 0 and count2() == 0
   with layers.conv_fastpath(False):
     assert count1() == 1 and count2() == 1
-  for backend in ("gpu", "tpu"):
-    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+  for backend in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda b=backend: b)
     assert count1() == 1 and count2() == 1
 
 
 def test_bfloat16_compute():
   """dtype=bfloat16 computes in bf16 (params stay float32) through the fast paths."""
   x = jax.random.normal(jax.random.key(0), (1, 9, 9, 8))
-  for module in (layers.Conv2d(16, 7, padding="VALID"), layers.ConvTranspose2d(4, 4, 2)):
+  for module in (layers.Conv2d(16, 7, padding='VALID'), layers.ConvTranspose2d(4, 4, 2)):
     v = module.init(jax.random.key(1), x)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v))
     lp = module.clone(dtype=jnp.bfloat16)
