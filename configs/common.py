@@ -78,6 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.scales = (1.0,)
   c.eval.flip = False
   c.eval.crf = False
+  c.eval.crf_params = 'deeplab_v2'  # 'deeplab_v1' or 'deeplab_v2' (jaxseg.crf presets)
 
   c.predict = ml_collections.ConfigDict()
   c.predict.num_images = 0  # > 0: after training, write colour-palette predictions of that many eval images

@@ -41,6 +41,7 @@ def get_config(variant: str = ''):
   c.train.num_steps = 6_000
   c.train.eval_every = 2_000
   c.train.checkpoint_every = 1_000
+  c.eval.crf_params = 'deeplab_v1'
   if variant == 'smoke':
     return common.smoke(c)
   if variant == 'crf':

@@ -60,7 +60,8 @@ def make_predict_fn(model, config, *, scales=(1.0,), flip=False, window: int = 0
 
       rgb = transforms.denormalize_jax(images, config.dataset.normalize)
       # The CRF's unary is -log P of the (multi-scale) network probabilities.
-      probs = crf_lib.dense_crf(rgb, jnp.log(jnp.maximum(probs, 1e-8)))
+      params = {'deeplab_v1': crf_lib.DEEPLAB_V1, 'deeplab_v2': crf_lib.DEEPLAB_V2}[config.eval.get('crf_params', 'deeplab_v2')]
+      probs = crf_lib.dense_crf(rgb, jnp.log(jnp.maximum(probs, 1e-8)), params)
     return jnp.argmax(probs, axis=-1)
 
   return predict
