@@ -21,16 +21,16 @@ def abstract_init(model, shape):
 
 
 def test_param_count_and_shapes():
-  model = jaxseg.create_model("deconvnet", num_classes=21)
+  model = jaxseg.create_model('deconvnet', num_classes=21)
   variables, out = abstract_init(model, (1, 224, 224, 3))
-  assert n_params(variables["params"]) == 251_805_653
+  assert n_params(variables['params']) == 251_805_653
   assert out.shape == (1, 224, 224, 21) and out.dtype == jnp.float32
-  assert model.backbone_spec() == ("vgg16_bn", {"width": 1.0})
+  assert model.backbone_spec() == ('vgg16_bn', {'width': 1.0})
   # Fully convolutional use: any size >= 193, odd ones included, same count.
-  model = jaxseg.create_model("deconvnet", num_classes=21, fully_convolutional=True)
+  model = jaxseg.create_model('deconvnet', num_classes=21, fully_convolutional=True)
   for size in ((193, 193), (225, 257)):
     variables, out = abstract_init(model, (2, *size, 3))
-    assert n_params(variables["params"]) == 251_805_653
+    assert n_params(variables['params']) == 251_805_653
     assert out.shape == (2, *size, 21)
 
 
@@ -48,33 +48,33 @@ def test_parity_full_size(torch_module):
   from torch_ref.segnet import forward_with_indices
 
   ref = randomize_torch(TorchDeconvNet(num_classes=21), seed=5).eval()
-  variables = jaxseg.weights.from_torch("deconvnet", ref.state_dict())
-  model = jaxseg.create_model("deconvnet", num_classes=21)
+  variables = jaxseg.weights.from_torch('deconvnet', ref.state_dict())
+  model = jaxseg.create_model('deconvnet', num_classes=21)
   x = np.random.default_rng(5).standard_normal((1, 224, 224, 3)).astype(np.float32)
-  got, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))(
+  got, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))(
     variables, x
   )
   del variables
-  saved = state["intermediates"]["backbone"]
-  indices = [to_nchw(saved[f"pool{s}_indices"][0]) for s in range(1, 6)]
+  saved = state['intermediates']['backbone']
+  indices = [to_nchw(saved[f'pool{s}_indices'][0]) for s in range(1, 6)]
   expected, n_near_ties = forward_with_indices(ref, torch.from_numpy(to_nchw(x)), indices)
   assert n_near_ties < 100
   assert got.shape == (1, 224, 224, 21)
   assert rel_err(got, to_nhwc(expected.numpy())) < 1e-4
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny():
   """A 1/16-width DeconvNet, fully convolutional, with its PyTorch twin."""
-  pytest.importorskip("torch")
+  pytest.importorskip('torch')
   from torch_ref.deconvnet import DeconvNet as TorchDeconvNet
 
   ref = randomize_torch(TorchDeconvNet(num_classes=4, width=1 / 16), seed=6)
   kwargs = dict(width=1 / 16, fully_convolutional=True)
   variables = jaxseg.weights.from_torch(
-    "deconvnet", {k: v.clone() for k, v in ref.state_dict().items()}, **kwargs
+    'deconvnet', {k: v.clone() for k, v in ref.state_dict().items()}, **kwargs
   )
-  model = jaxseg.create_model("deconvnet", num_classes=4, **kwargs)
+  model = jaxseg.create_model('deconvnet', num_classes=4, **kwargs)
   return ref, model, variables
 
 
@@ -91,14 +91,14 @@ def test_parity_train_mode_and_other_size(torch_module, tiny):
   ref.train()
   with torch.no_grad():
     expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
     variables, x
   )
   assert got.shape == (2, 225, 203, 4)
   assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch("deconvnet", {"params": variables["params"], **updates})
-  stats = [k for k in ref.state_dict() if "running" in k]
-  assert any(k.startswith("fc6_deconv") for k in stats)
+  exported = jaxseg.weights.to_torch('deconvnet', {'params': variables['params'], **updates})
+  stats = [k for k in ref.state_dict() if 'running' in k]
+  assert any(k.startswith('fc6_deconv') for k in stats)
   for k in stats:
     assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
@@ -111,16 +111,16 @@ def test_gradients_reach_every_parameter(tiny):
   def grads_and_out(params):
     def loss(params):
       out, _ = model.apply(
-        {"params": params, "batch_stats": variables["batch_stats"]},
+        {'params': params, 'batch_stats': variables['batch_stats']},
         x,
         train=True,
-        mutable=["batch_stats"],
+        mutable=['batch_stats'],
       )
       return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
 
     return jax.grad(loss, has_aux=True)(params)
 
-  grads, out = grads_and_out(variables["params"])
+  grads, out = grads_and_out(variables['params'])
   assert out.shape == (2, 224, 224, 4) and bool(jnp.all(jnp.isfinite(out)))
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
@@ -129,22 +129,22 @@ def test_gradients_reach_every_parameter(tiny):
 
 
 def test_bad_inputs():
-  model = jaxseg.create_model("deconvnet", num_classes=2, width=1 / 16)
+  model = jaxseg.create_model('deconvnet', num_classes=2, width=1 / 16)
   init = lambda m, shape: jax.eval_shape(
     lambda: m.init(jax.random.key(0), jnp.zeros(shape), train=False)
   )
   with pytest.raises(
-    ValueError, match=r"expects 224x224 inputs .* got 200x224.*fully_convolutional=True"
+    ValueError, match=r'expects 224x224 inputs .* got 200x224.*fully_convolutional=True'
   ):
     init(model, (1, 200, 224, 3))
-  fcn = jaxseg.create_model("deconvnet", num_classes=2, width=1 / 16, fully_convolutional=True)
-  with pytest.raises(ValueError, match=r"H and W >= 193, got \(192, 300\)"):
+  fcn = jaxseg.create_model('deconvnet', num_classes=2, width=1 / 16, fully_convolutional=True)
+  with pytest.raises(ValueError, match=r'H and W >= 193, got \(192, 300\)'):
     init(fcn, (1, 192, 300, 3))
-  with pytest.raises(ValueError, match="expects 3 input channels"):
+  with pytest.raises(ValueError, match='expects 3 input channels'):
     init(model, (1, 224, 224, 1))
   variables = init(model, (2, 224, 224, 3))
-  with pytest.raises(ValueError, match="batch of at least 2"):
+  with pytest.raises(ValueError, match='batch of at least 2'):
     jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1, 224, 224, 3)), train=True, mutable=["batch_stats"]),
+      lambda v: model.apply(v, jnp.zeros((1, 224, 224, 3)), train=True, mutable=['batch_stats']),
       variables,
     )

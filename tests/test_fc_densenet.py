@@ -10,9 +10,9 @@ import jaxseg
 
 # name: (trainable, + BN running statistics = the paper's 1.5M / 3.5M / 9.4M)
 COUNTS = {
-  "fc_densenet56": (1_376_795, 1_397_963),
-  "fc_densenet67": (3_463_243, 3_502_923),
-  "fc_densenet103": (9_322_091, 9_425_163),
+  'fc_densenet56': (1_376_795, 1_397_963),
+  'fc_densenet67': (3_463_243, 3_502_923),
+  'fc_densenet103': (9_322_091, 9_425_163),
 }
 
 
@@ -20,13 +20,13 @@ def n_params(tree) -> int:
   return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
-@pytest.mark.parametrize("name", sorted(COUNTS))
+@pytest.mark.parametrize('name', sorted(COUNTS))
 def test_param_counts_and_shapes(name):
   model = jaxseg.create_model(name, num_classes=11)
   for size in ((32, 32), (37, 45)):
     x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-    assert n_params(variables["params"]) == COUNTS[name][0]
+    assert n_params(variables['params']) == COUNTS[name][0]
     assert n_params(variables) == COUNTS[name][1]
     out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 11) and out.dtype == jnp.float32
@@ -35,7 +35,7 @@ def test_param_counts_and_shapes(name):
 def _parity(torch, depth, x, seed, train):
   from torch_ref.fc_densenet import fc_densenet
 
-  name = f"fc_densenet{depth}"
+  name = f'fc_densenet{depth}'
   ref = randomize_torch(fc_densenet(depth, num_classes=5, drop=0.0), seed=seed)
   sd = {
     k: v.clone() for k, v in ref.state_dict().items()
@@ -52,12 +52,12 @@ def _parity(torch, depth, x, seed, train):
     return
   with torch.no_grad():
     expected = to_nhwc(ref.train()(xt).numpy())
-  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
     variables, x
   )
   assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch(name, {"params": variables["params"], **updates})
-  stats = [k for k in ref.state_dict() if "running" in k]
+  exported = jaxseg.weights.to_torch(name, {'params': variables['params'], **updates})
+  stats = [k for k in ref.state_dict() if 'running' in k]
   assert stats
   for k in stats:
     assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
@@ -78,7 +78,7 @@ def test_gradients_reach_every_parameter():
   # last up block's full output) at two levels; the compile of the full-depth
   # backward pass costs a minute on two cores.
   model = jaxseg.create_model(
-    "fc_densenet56",
+    'fc_densenet56',
     num_classes=3,
     down_blocks=(2, 1),
     bottleneck_layers=2,
@@ -93,17 +93,17 @@ def test_gradients_reach_every_parameter():
   def grads_and_out(params):
     def loss(params):
       out, _ = model.apply(
-        {"params": params, "batch_stats": variables["batch_stats"]},
+        {'params': params, 'batch_stats': variables['batch_stats']},
         x,
         train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.key(2)},
+        mutable=['batch_stats'],
+        rngs={'dropout': jax.random.key(2)},
       )
       return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
 
     return jax.grad(loss, has_aux=True)(params)
 
-  grads, out = grads_and_out(variables["params"])
+  grads, out = grads_and_out(variables['params'])
   assert out.shape == (2, 9, 11, 3) and bool(jnp.all(jnp.isfinite(out)))
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
@@ -112,11 +112,11 @@ def test_gradients_reach_every_parameter():
 
 
 def test_bad_inputs():
-  model = jaxseg.create_model("fc_densenet103", num_classes=2)
+  model = jaxseg.create_model('fc_densenet103', num_classes=2)
   init = lambda shape: jax.eval_shape(
     lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
   )
-  with pytest.raises(ValueError, match=r"needs H and W >= 32, got \(31, 64\)"):
+  with pytest.raises(ValueError, match=r'needs H and W >= 32, got \(31, 64\)'):
     init((1, 31, 64, 3))
-  with pytest.raises(ValueError, match="expects 3 input channels"):
+  with pytest.raises(ValueError, match='expects 3 input channels'):
     init((1, 32, 32, 1))

@@ -21,36 +21,36 @@ def abstract_init(model, shape):
 
 
 @pytest.mark.parametrize(
-  "name,classes,count",
-  [("segnet", 11, 29_449_355), ("segnet", 21, 29_455_125), ("segnet_basic", 11, 1_416_075)],
+  'name,classes,count',
+  [('segnet', 11, 29_449_355), ('segnet', 21, 29_455_125), ('segnet_basic', 11, 1_416_075)],
 )
 def test_param_count_and_shapes(name, classes, count):
   model = jaxseg.create_model(name, num_classes=classes)
   for size in ((32, 32), (35, 29), (1, 1)):
     variables, out = abstract_init(model, (2, *size, 3))
-    assert n_params(variables["params"]) == count
+    assert n_params(variables['params']) == count
     assert out.shape == (2, *size, classes) and out.dtype == jnp.float32
 
 
 def test_backbone_matches_vgg16_bn():
   """The encoder's variables are exactly those of the registered vgg16_bn backbone."""
-  model = jaxseg.create_model("segnet", num_classes=3, width=0.25)
+  model = jaxseg.create_model('segnet', num_classes=3, width=0.25)
   name, kwargs = model.backbone_spec()
   backbone = jaxseg.create_backbone(name, **kwargs)
   shapes = lambda m: jax.eval_shape(
     lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
   )
   ours, theirs = shapes(model), shapes(backbone)
-  for col in ("params", "batch_stats"):
+  for col in ('params', 'batch_stats'):
     assert jax.tree_util.tree_map(
-      lambda a: a.shape, ours[col]["backbone"]
+      lambda a: a.shape, ours[col]['backbone']
     ) == jax.tree_util.tree_map(lambda a: a.shape, theirs[col])
 
 
 def _apply_fns(model):
-  eval_fn = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))
+  eval_fn = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))
   train_fn = jax.jit(
-    lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats", "intermediates"])
+    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats', 'intermediates'])
   )
   return eval_fn, train_fn
 
@@ -62,11 +62,11 @@ def _expected(torch, ref, x, state, name):
   from torch_ref.segnet import forward_with_indices
 
   xt = torch.from_numpy(to_nchw(x))
-  if name == "segnet_basic":
+  if name == 'segnet_basic':
     with torch.no_grad():
       return to_nhwc(ref(xt).numpy())
-  saved = state["intermediates"]["backbone"]
-  indices = [to_nchw(np.asarray(saved[f"pool{s}_indices"][0])) for s in range(1, 6)]
+  saved = state['intermediates']['backbone']
+  indices = [to_nchw(np.asarray(saved[f'pool{s}_indices'][0])) for s in range(1, 6)]
   out, _ = forward_with_indices(ref, xt, indices)
   return to_nhwc(out.numpy())
 
@@ -76,7 +76,7 @@ def _parity(torch, ref, name, x, **model_kwargs):
   # Copies: the train-mode forward below updates the reference's BN statistics in place.
   sd = {k: v.clone() for k, v in ref.state_dict().items()}
   variables = jaxseg.weights.from_torch(name, sd, **model_kwargs)
-  classes = variables["params"][_score_name(name)]["bias"].shape[0]
+  classes = variables['params'][_score_name(name)]['bias'].shape[0]
   model = jaxseg.create_model(name, num_classes=classes, **model_kwargs)
   eval_fn, train_fn = _apply_fns(model)
   ref.eval()
@@ -88,16 +88,16 @@ def _parity(torch, ref, name, x, **model_kwargs):
   got, state = train_fn(variables, x)
   assert rel_err(got, _expected(torch, ref, x, state, name)) < 1e-4
   exported = jaxseg.weights.to_torch(
-    name, {"params": variables["params"], "batch_stats": state["batch_stats"]}
+    name, {'params': variables['params'], 'batch_stats': state['batch_stats']}
   )
-  stats = [k for k in ref.state_dict() if "running" in k]
+  stats = [k for k in ref.state_dict() if 'running' in k]
   assert stats
   for k in stats:
     assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
 
 def _score_name(name):
-  return "conv_classifier" if name == "segnet_basic" else "score_fr"
+  return 'conv_classifier' if name == 'segnet_basic' else 'score_fr'
 
 
 def test_segnet_parity(torch_module):
@@ -108,7 +108,7 @@ def test_segnet_parity(torch_module):
   # Big enough that train-mode BatchNorm of the deepest layers (3x2 maps) is
   # well conditioned; smaller maps amplify float32 rounding beyond 1e-4.
   x = np.random.default_rng(0).standard_normal((2, 33, 31, 3)).astype(np.float32)
-  _parity(torch_module, ref, "segnet", x)
+  _parity(torch_module, ref, 'segnet', x)
 
 
 def test_segnet_basic_parity(torch_module):
@@ -116,17 +116,17 @@ def test_segnet_basic_parity(torch_module):
 
   ref = randomize_torch(SegNetBasic(num_classes=4), seed=2)
   x = np.random.default_rng(1).standard_normal((2, 19, 21, 3)).astype(np.float32)
-  _parity(torch_module, ref, "segnet_basic", x)
+  _parity(torch_module, ref, 'segnet_basic', x)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny():
-  pytest.importorskip("torch")
+  pytest.importorskip('torch')
   from torch_ref.segnet import SegNet as TorchSegNet
 
   ref = randomize_torch(TorchSegNet(num_classes=3, width=1 / 16), seed=3).eval()
-  variables = jaxseg.weights.from_torch("segnet", ref.state_dict(), width=1 / 16)
-  model = jaxseg.create_model("segnet", num_classes=3, width=1 / 16)
+  variables = jaxseg.weights.from_torch('segnet', ref.state_dict(), width=1 / 16)
+  model = jaxseg.create_model('segnet', num_classes=3, width=1 / 16)
   return ref, model, variables
 
 
@@ -151,9 +151,9 @@ def test_pooling_ties_match_torch(torch_module, tiny):
   assert rel_err(got, expected) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["segnet", "segnet_basic"])
+@pytest.mark.parametrize('name', ['segnet', 'segnet_basic'])
 def test_gradients_reach_every_parameter(name, tiny):
-  if name == "segnet":
+  if name == 'segnet':
     _, model, variables = tiny
   else:
     model = jaxseg.create_model(name, num_classes=3, features=4, kernel_size=3)
@@ -166,16 +166,16 @@ def test_gradients_reach_every_parameter(name, tiny):
   def grads_and_out(params):
     def loss(params):
       out, _ = model.apply(
-        {"params": params, "batch_stats": variables["batch_stats"]},
+        {'params': params, 'batch_stats': variables['batch_stats']},
         x,
         train=True,
-        mutable=["batch_stats"],
+        mutable=['batch_stats'],
       )
       return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
 
     return jax.grad(loss, has_aux=True)(params)
 
-  grads, out = grads_and_out(variables["params"])
+  grads, out = grads_and_out(variables['params'])
   assert out.shape == (2, 19, 22, 3) and bool(jnp.all(jnp.isfinite(out)))
   flat = jax.tree_util.tree_flatten_with_path(grads)[0]
   assert flat
@@ -186,10 +186,10 @@ def test_gradients_reach_every_parameter(name, tiny):
 
 
 def test_bad_inputs():
-  model = jaxseg.create_model("segnet", num_classes=2, width=1 / 16)
-  with pytest.raises(ValueError, match="rank 4"):
+  model = jaxseg.create_model('segnet', num_classes=2, width=1 / 16)
+  with pytest.raises(ValueError, match='rank 4'):
     model.init(jax.random.key(0), jnp.zeros((8, 8, 3)), train=False)
-  with pytest.raises(ValueError, match="expects 3 input channels"):
+  with pytest.raises(ValueError, match='expects 3 input channels'):
     model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
-  with pytest.raises(TypeError, match="floating-point"):
+  with pytest.raises(TypeError, match='floating-point'):
     model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.int32), train=False)

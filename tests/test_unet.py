@@ -22,9 +22,9 @@ def abstract_init(model, shape):
 
 
 def test_valid_unet_count_and_paper_sizes():
-  model = jaxseg.create_model("unet", num_classes=2)  # 1 input channel, as in the paper
+  model = jaxseg.create_model('unet', num_classes=2)  # 1 input channel, as in the paper
   variables, out = abstract_init(model, (1, 572, 572, 1))
-  assert n_params(variables["params"]) == 31_030_658
+  assert n_params(variables['params']) == 31_030_658
   assert out.shape == (1, 388, 388, 2)  # Fig. 1 of the paper
   _, out = abstract_init(model, (2, 188, 204, 1))
   assert out.shape == (2, 4, 20, 2)
@@ -34,12 +34,12 @@ def test_valid_unet_count_and_paper_sizes():
   assert model.valid_input_sizes(600)[-1] == 588
 
 
-@pytest.mark.parametrize("in_channels,count", [(1, 31_036_546), (3, 31_037_698)])
+@pytest.mark.parametrize('in_channels,count', [(1, 31_036_546), (3, 31_037_698)])
 def test_padded_unet_count_and_any_size(in_channels, count):
-  model = jaxseg.create_model("unet_padded", num_classes=2, in_channels=in_channels)
+  model = jaxseg.create_model('unet_padded', num_classes=2, in_channels=in_channels)
   for size in ((64, 64), (35, 29), (1, 1)):
     variables, out = abstract_init(model, (2, *size, in_channels))
-    assert n_params(variables["params"]) == count
+    assert n_params(variables['params']) == count
     assert out.shape == (2, *size, 2) and out.dtype == jnp.float32
   assert model.output_size((35, 29)) == (35, 29)
 
@@ -49,15 +49,15 @@ def test_valid_parity_full_width(torch_module):
   from torch_ref.unet import UNet as TorchUNet
 
   ref = randomize_torch(TorchUNet(1, 2, valid=True), seed=7).eval()
-  variables = jaxseg.weights.from_torch("unet", ref.state_dict())
-  model = jaxseg.create_model("unet", num_classes=2)
+  variables = jaxseg.weights.from_torch('unet', ref.state_dict())
+  model = jaxseg.create_model('unet', num_classes=2)
   x = np.random.default_rng(7).standard_normal((1, 188, 204, 1)).astype(np.float32)
   with torch.no_grad():
     expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
   got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert got.shape == expected.shape == (1, 4, 20, 2)
   assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch("unet", variables)
+  exported = jaxseg.weights.to_torch('unet', variables)
   for k, v in ref.state_dict().items():
     np.testing.assert_array_equal(exported[k], v.numpy())
 
@@ -70,8 +70,8 @@ def test_padded_parity_eval_and_train(torch_module):
   sd = {
     k: v.clone() for k, v in ref.state_dict().items()
   }  # train mode updates ref's stats in place
-  variables = jaxseg.weights.from_torch("unet_padded", sd, features=8)
-  model = jaxseg.create_model("unet_padded", num_classes=4, features=8)
+  variables = jaxseg.weights.from_torch('unet_padded', sd, features=8)
+  model = jaxseg.create_model('unet_padded', num_classes=4, features=8)
   x = np.random.default_rng(8).standard_normal((2, 37, 29, 3)).astype(np.float32)
   xt = torch.from_numpy(to_nchw(x))
   with torch.no_grad():
@@ -81,19 +81,19 @@ def test_padded_parity_eval_and_train(torch_module):
   assert rel_err(got, expected) < 1e-4
   with torch.no_grad():
     expected = to_nhwc(ref.train()(xt).numpy())
-  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
+  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
     variables, x
   )
   assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch("unet_padded", {"params": variables["params"], **updates})
-  stats = [k for k in ref.state_dict() if "running" in k]
+  exported = jaxseg.weights.to_torch('unet_padded', {'params': variables['params'], **updates})
+  stats = [k for k in ref.state_dict() if 'running' in k]
   assert len(stats) == 2 * 18
   for k in stats:
     assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
 
 # Depth 2 keeps the backward compile short; every kind of layer is still there.
-@pytest.mark.parametrize("name,size", [("unet", (44, 60)), ("unet_padded", (21, 19))])
+@pytest.mark.parametrize('name,size', [('unet', (44, 60)), ('unet_padded', (21, 19))])
 def test_gradients_reach_every_parameter(name, size):
   model = jaxseg.create_model(name, num_classes=3, in_channels=1, features=4, depth=2)
   x = jax.random.normal(jax.random.key(0), (2, *size, 1))
@@ -103,17 +103,17 @@ def test_gradients_reach_every_parameter(name, size):
   def grads_and_out(params):
     def loss(params):
       out, _ = model.apply(
-        {"params": params, **{k: v for k, v in variables.items() if k != "params"}},
+        {'params': params, **{k: v for k, v in variables.items() if k != 'params'}},
         x,
         train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": jax.random.key(2)},
+        mutable=['batch_stats'],
+        rngs={'dropout': jax.random.key(2)},
       )
       return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
 
     return jax.grad(loss, has_aux=True)(params)
 
-  grads, out = grads_and_out(variables["params"])
+  grads, out = grads_and_out(variables['params'])
   assert out.shape == (2, *model.output_size(size), 3) and bool(jnp.all(jnp.isfinite(out)))
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
@@ -122,17 +122,17 @@ def test_gradients_reach_every_parameter(name, size):
 
 
 def test_bad_inputs():
-  model = jaxseg.create_model("unet", num_classes=2)
+  model = jaxseg.create_model('unet', num_classes=2)
   init = lambda m, shape: jax.eval_shape(
     lambda: m.init(jax.random.key(0), jnp.zeros(shape), train=False)
   )
-  with pytest.raises(ValueError, match=r"cannot take size 200.*minimum 188\); nearest: 188, 204"):
+  with pytest.raises(ValueError, match=r'cannot take size 200.*minimum 188\); nearest: 188, 204'):
     init(model, (1, 200, 188, 1))
-  with pytest.raises(ValueError, match=r"cannot take size 189"):
+  with pytest.raises(ValueError, match=r'cannot take size 189'):
     init(model, (1, 188, 189, 1))
-  with pytest.raises(ValueError, match=r"cannot take size 172.*minimum 188"):
+  with pytest.raises(ValueError, match=r'cannot take size 172.*minimum 188'):
     init(model, (1, 172, 172, 1))
-  with pytest.raises(ValueError, match="expects 1 input channels"):
+  with pytest.raises(ValueError, match='expects 1 input channels'):
     init(model, (1, 188, 188, 3))
-  with pytest.raises(ValueError, match="rank 4"):
-    init(jaxseg.create_model("unet_padded", num_classes=2), (188, 188, 3))
+  with pytest.raises(ValueError, match='rank 4'):
+    init(jaxseg.create_model('unet_padded', num_classes=2), (188, 188, 3))

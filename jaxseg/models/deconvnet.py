@@ -48,11 +48,11 @@ from jaxseg.registry import register_model
 Array = jax.Array
 
 DECONV_DECODER = (
-  (5, (("deconv5_1", 512, 512), ("deconv5_2", 512, 512), ("deconv5_3", 512, 512))),
-  (4, (("deconv4_1", 512, 512), ("deconv4_2", 512, 512), ("deconv4_3", 512, 256))),
-  (3, (("deconv3_1", 256, 256), ("deconv3_2", 256, 256), ("deconv3_3", 256, 128))),
-  (2, (("deconv2_1", 128, 128), ("deconv2_2", 128, 64))),
-  (1, (("deconv1_1", 64, 64), ("deconv1_2", 64, 64))),
+  (5, (('deconv5_1', 512, 512), ('deconv5_2', 512, 512), ('deconv5_3', 512, 512))),
+  (4, (('deconv4_1', 512, 512), ('deconv4_2', 512, 512), ('deconv4_3', 512, 256))),
+  (3, (('deconv3_1', 256, 256), ('deconv3_2', 256, 256), ('deconv3_3', 256, 128))),
+  (2, (('deconv2_1', 128, 128), ('deconv2_2', 128, 64))),
+  (1, (('deconv1_1', 64, 64), ('deconv1_2', 64, 64))),
 )
 
 INPUT_SIZE = (224, 224)
@@ -74,10 +74,10 @@ class DeconvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = layers.ConvTranspose2d(self.features, self.kernel_size, 1, dtype=self.dtype, name="deconv")(
+    x = layers.ConvTranspose2d(self.features, self.kernel_size, 1, dtype=self.dtype, name='deconv')(
       x
     )
-    x = layers.BatchNorm(dtype=self.dtype, name="bn")(x, train=train)
+    x = layers.BatchNorm(dtype=self.dtype, name='bn')(x, train=train)
     return nn.relu(x)
 
 
@@ -102,20 +102,20 @@ class DeconvNet(nn.Module):
     fc6/fc7 carry BatchNorm here, unlike VGG16's classifier, so only the
     convolutional layers are initialised from ImageNet.
     """
-    return "vgg16_bn", dict(width=self.width)
+    return 'vgg16_bn', dict(width=self.width)
 
   def _check_size(self, x: Array, train: bool) -> None:
     size = tuple(x.shape[1:3])
     if self.fully_convolutional:
-      layers.check_image_batch(x, "DeconvNet", channels=3, min_size=MIN_FULLY_CONVOLUTIONAL_SIZE)
+      layers.check_image_batch(x, 'DeconvNet', channels=3, min_size=MIN_FULLY_CONVOLUTIONAL_SIZE)
     else:
-      layers.check_image_batch(x, "DeconvNet", channels=3)
+      layers.check_image_batch(x, 'DeconvNet', channels=3)
       if size != INPUT_SIZE:
         raise ValueError(
-          f"DeconvNet expects {INPUT_SIZE[0]}x{INPUT_SIZE[1]} inputs (fc6 is a 7x7 VALID conv on the "
-          f"7x7 pool5 map), got {size[0]}x{size[1]}. Resize or crop to 224x224 (the paper warps "
-          f"object proposals to this size), or build it with fully_convolutional=True to run on "
-          f"any size >= {MIN_FULLY_CONVOLUTIONAL_SIZE}."
+          f'DeconvNet expects {INPUT_SIZE[0]}x{INPUT_SIZE[1]} inputs (fc6 is a 7x7 VALID conv on the '
+          f'7x7 pool5 map), got {size[0]}x{size[1]}. Resize or crop to 224x224 (the paper warps '
+          f'object proposals to this size), or build it with fully_convolutional=True to run on '
+          f'any size >= {MIN_FULLY_CONVOLUTIONAL_SIZE}.'
         )
     if train:
       # PyTorch refuses BatchNorm training on one value per channel; at 224x224
@@ -123,25 +123,25 @@ class DeconvNet(nn.Module):
       fc_values = x.shape[0] * int(np.prod([-(-s // 32) - 6 for s in size]))
       if fc_values < 2:
         raise ValueError(
-          f"DeconvNet training needs more than one fc6 value per channel for BatchNorm, got a "
-          f"batch of {x.shape[0]} at {size[0]}x{size[1]} (fc6 map {fc_values // x.shape[0]} "
-          "pixel(s)); use a batch of at least 2."
+          f'DeconvNet training needs more than one fc6 value per channel for BatchNorm, got a '
+          f'batch of {x.shape[0]} at {size[0]}x{size[1]} (fc6 map {fc_values // x.shape[0]} '
+          'pixel(s)); use a batch of at least 2.'
         )
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     self._check_size(x, train)
     w, dt = self.width, self.dtype
-    x, saved = VGG16ArgmaxEncoder(w, dt, name="backbone")(x, train=train)
+    x, saved = VGG16ArgmaxEncoder(w, dt, name='backbone')(x, train=train)
     fc = scaled(4096, w)
-    x = layers.ConvBNReLU(fc, 7, padding=0, dtype=dt, name="fc6")(x, train=train)
-    x = layers.ConvBNReLU(fc, 1, padding=0, dtype=dt, name="fc7")(x, train=train)
-    x = DeconvBNReLU(scaled(512, w), 7, dtype=dt, name="fc6_deconv")(x, train=train)
+    x = layers.ConvBNReLU(fc, 7, padding=0, dtype=dt, name='fc6')(x, train=train)
+    x = layers.ConvBNReLU(fc, 1, padding=0, dtype=dt, name='fc7')(x, train=train)
+    x = DeconvBNReLU(scaled(512, w), 7, dtype=dt, name='fc6_deconv')(x, train=train)
     x = decode(x, saved, DECONV_DECODER, width=w, train=train, dtype=dt)
-    x = layers.Conv2d(self.num_classes, 1, padding=0, dtype=dt, name="score_fr")(x)
+    x = layers.Conv2d(self.num_classes, 1, padding=0, dtype=dt, name='score_fr')(x)
     return x.astype(jnp.float32)
 
 
-@register_model("deconvnet")
+@register_model('deconvnet')
 def deconvnet(*, num_classes: int, **kwargs) -> DeconvNet:
   return DeconvNet(num_classes=num_classes, **kwargs)

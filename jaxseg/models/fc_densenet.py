@@ -76,7 +76,7 @@ class DenseBlock(nn.Module):
   def __call__(self, x: Array, *, train: bool) -> Array:
     new = []
     for j in range(self.num_layers):
-      y = DenseLayer(self.growth_rate, self.dropout, self.dtype, name=f"layers_{j}")(x, train=train)
+      y = DenseLayer(self.growth_rate, self.dropout, self.dtype, name=f'layers_{j}')(x, train=train)
       x = jnp.concatenate([x, y], axis=-1)
       new.append(y)
     return jnp.concatenate(new, axis=-1) if self.new_only else x
@@ -97,8 +97,8 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = nn.relu(layers.BatchNorm(dtype=self.dtype, name="norm")(x, train=train))
-    x = layers.Conv2d(self.features, 3, padding=1, dtype=self.dtype, name="conv")(x)
+    x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='norm')(x, train=train))
+    x = layers.Conv2d(self.features, 3, padding=1, dtype=self.dtype, name='conv')(x)
     return nn.Dropout(self.dropout)(x, deterministic=not train or self.dropout == 0)
 
 
@@ -115,8 +115,8 @@ class TransitionDown(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = nn.relu(layers.BatchNorm(dtype=self.dtype, name="norm")(x, train=train))
-    x = layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name="conv")(x)
+    x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='norm')(x, train=train))
+    x = layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name='conv')(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train or self.dropout == 0)
     return nn.max_pool(x, (2, 2), (2, 2))
 
@@ -154,29 +154,29 @@ class FCDenseNet(nn.Module):
   def __call__(self, x: Array, *, train: bool) -> Array:
     if len(self.up_blocks) != len(self.down_blocks):
       raise ValueError(
-        f"FC-DenseNet needs as many up blocks as down blocks, got {self.down_blocks} / {self.up_blocks}."
+        f'FC-DenseNet needs as many up blocks as down blocks, got {self.down_blocks} / {self.up_blocks}.'
       )
     layers.check_image_batch(
-      x, "FC-DenseNet", channels=self.in_channels, min_size=self.min_input_size
+      x, 'FC-DenseNet', channels=self.in_channels, min_size=self.min_input_size
     )
     k, dt = self.growth_rate, self.dtype
-    x = layers.Conv2d(self.first_features, 3, padding=1, dtype=dt, name="firstconv")(x)
+    x = layers.Conv2d(self.first_features, 3, padding=1, dtype=dt, name='firstconv')(x)
     skips = []
     for i, n in enumerate(self.down_blocks):
-      x = DenseBlock(n, k, self.dropout, dtype=dt, name=f"denseBlocksDown_{i}")(x, train=train)
+      x = DenseBlock(n, k, self.dropout, dtype=dt, name=f'denseBlocksDown_{i}')(x, train=train)
       skips.append(x)
-      x = TransitionDown(self.dropout, dt, name=f"transDownBlocks_{i}")(x, train=train)
+      x = TransitionDown(self.dropout, dt, name=f'transDownBlocks_{i}')(x, train=train)
     x = DenseBlock(
-      self.bottleneck_layers, k, self.dropout, new_only=True, dtype=dt, name="bottleneck"
+      self.bottleneck_layers, k, self.dropout, new_only=True, dtype=dt, name='bottleneck'
     )(x, train=train)
     for i, n in enumerate(self.up_blocks):
       skip = skips.pop()
-      x = TransitionUp(dt, name=f"transUpBlocks_{i}")(x, skip)
+      x = TransitionUp(dt, name=f'transUpBlocks_{i}')(x, skip)
       last = i == len(self.up_blocks) - 1
-      x = DenseBlock(n, k, self.dropout, new_only=not last, dtype=dt, name=f"denseBlocksUp_{i}")(
+      x = DenseBlock(n, k, self.dropout, new_only=not last, dtype=dt, name=f'denseBlocksUp_{i}')(
         x, train=train
       )
-    x = layers.Conv2d(self.num_classes, 1, dtype=dt, name="finalConv")(x)
+    x = layers.Conv2d(self.num_classes, 1, dtype=dt, name='finalConv')(x)
     return x.astype(jnp.float32)
 
 
@@ -191,7 +191,7 @@ class TransitionUp(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, skip: Array) -> Array:
-    x = layers.ConvTranspose2d(x.shape[-1], 3, 2, dtype=self.dtype, name="convTrans")(x)
+    x = layers.ConvTranspose2d(x.shape[-1], 3, 2, dtype=self.dtype, name='convTrans')(x)
     return jnp.concatenate([center_crop(x, skip.shape[1:3]), skip], axis=-1)
 
 
@@ -204,16 +204,16 @@ FCDenseNet67 = functools.partial(
 FCDenseNet103 = FCDenseNet
 
 
-@register_model("fc_densenet56")
+@register_model('fc_densenet56')
 def fc_densenet56(*, num_classes: int, **kwargs) -> FCDenseNet:
   return FCDenseNet56(num_classes=num_classes, **kwargs)
 
 
-@register_model("fc_densenet67")
+@register_model('fc_densenet67')
 def fc_densenet67(*, num_classes: int, **kwargs) -> FCDenseNet:
   return FCDenseNet67(num_classes=num_classes, **kwargs)
 
 
-@register_model("fc_densenet103")
+@register_model('fc_densenet103')
 def fc_densenet103(*, num_classes: int, **kwargs) -> FCDenseNet:
   return FCDenseNet103(num_classes=num_classes, **kwargs)

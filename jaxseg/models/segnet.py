@@ -55,11 +55,11 @@ Array = jax.Array
 
 # (stage, ((name, in, out), ...)) of the SegNet decoder in forward order.
 SEGNET_DECODER = (
-  (5, (("dcbr5_1", 512, 512), ("dcbr5_2", 512, 512), ("dcbr5_3", 512, 512))),
-  (4, (("dcbr4_1", 512, 512), ("dcbr4_2", 512, 512), ("dcbr4_3", 512, 256))),
-  (3, (("dcbr3_1", 256, 256), ("dcbr3_2", 256, 256), ("dcbr3_3", 256, 128))),
-  (2, (("dcbr2_1", 128, 128), ("dcbr2_2", 128, 64))),
-  (1, (("dcbr1_1", 64, 64),)),
+  (5, (('dcbr5_1', 512, 512), ('dcbr5_2', 512, 512), ('dcbr5_3', 512, 512))),
+  (4, (('dcbr4_1', 512, 512), ('dcbr4_2', 512, 512), ('dcbr4_3', 512, 256))),
+  (3, (('dcbr3_1', 256, 256), ('dcbr3_2', 256, 256), ('dcbr3_3', 256, 128))),
+  (2, (('dcbr2_1', 128, 128), ('dcbr2_2', 128, 64))),
+  (1, (('dcbr1_1', 64, 64),)),
 )
 
 Saved = list[tuple[Array, tuple[int, int]]]
@@ -90,12 +90,12 @@ class VGG16ArgmaxEncoder(nn.Module):
           3,
           padding=1,
           dtype=self.dtype,
-          name=f"conv{stage}_{i}",
+          name=f'conv{stage}_{i}',
         )(x, train=train)
       size = tuple(x.shape[1:3])
       x, indices = max_pool_with_argmax(x, 2)
       # Exposed for parity tests (apply with mutable=["intermediates"]).
-      self.sow("intermediates", f"pool{stage}_indices", indices)
+      self.sow('intermediates', f'pool{stage}_indices', indices)
       saved.append((indices, size))
     return x, saved
 
@@ -132,14 +132,14 @@ class SegNet(nn.Module):
 
   def backbone_spec(self) -> tuple[str, dict]:
     """Registered backbone whose variables equal `params['backbone']` (ImageNet initialisation)."""
-    return "vgg16_bn", dict(width=self.width)
+    return 'vgg16_bn', dict(width=self.width)
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    layers.check_image_batch(x, "SegNet", channels=3)
-    x, saved = VGG16ArgmaxEncoder(self.width, self.dtype, name="backbone")(x, train=train)
+    layers.check_image_batch(x, 'SegNet', channels=3)
+    x, saved = VGG16ArgmaxEncoder(self.width, self.dtype, name='backbone')(x, train=train)
     x = decode(x, saved, SEGNET_DECODER, width=self.width, train=train, dtype=self.dtype)
-    x = layers.Conv2d(self.num_classes, 3, padding=1, dtype=self.dtype, name="score_fr")(x)
+    x = layers.Conv2d(self.num_classes, 3, padding=1, dtype=self.dtype, name='score_fr')(x)
     return x.astype(jnp.float32)
 
 
@@ -162,13 +162,13 @@ class SegNetBasic(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    layers.check_image_batch(x, "SegNet-Basic")
+    layers.check_image_batch(x, 'SegNet-Basic')
     conv = dict(
       kernel_size=self.kernel_size, padding=self.kernel_size // 2, use_bias=False, dtype=self.dtype
     )
     saved = []
     for i in range(1, self.depth + 1):
-      x = layers.ConvBNReLU(self.features, name=f"conv{i}", **conv)(x, train=train)
+      x = layers.ConvBNReLU(self.features, name=f'conv{i}', **conv)(x, train=train)
       size = tuple(x.shape[1:3])
       x, indices = max_pool_with_argmax(x, 2)
       saved.append((indices, size))
@@ -176,18 +176,18 @@ class SegNetBasic(nn.Module):
       indices, size = saved[i - 1]
       x = max_unpool(x, indices, size)
       # The paper's decoder has no non-linearity.
-      x = layers.ConvBNReLU(self.features, relu=False, name=f"conv_decode{i}", **conv)(
+      x = layers.ConvBNReLU(self.features, relu=False, name=f'conv_decode{i}', **conv)(
         x, train=train
       )
-    x = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name="conv_classifier")(x)
+    x = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name='conv_classifier')(x)
     return x.astype(jnp.float32)
 
 
-@register_model("segnet")
+@register_model('segnet')
 def segnet(*, num_classes: int, **kwargs) -> SegNet:
   return SegNet(num_classes=num_classes, **kwargs)
 
 
-@register_model("segnet_basic")
+@register_model('segnet_basic')
 def segnet_basic(*, num_classes: int, **kwargs) -> SegNetBasic:
   return SegNetBasic(num_classes=num_classes, **kwargs)

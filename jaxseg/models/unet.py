@@ -79,9 +79,9 @@ def valid_output_size(input_size: int, depth: int = 4) -> int:
   below = [v for v in sizes if v < input_size][-1:]
   above = [v for v in sizes if v > input_size][:1]
   raise ValueError(
-    f"the valid U-Net (depth {depth}) cannot take size {input_size}: every level must have an even "
-    f"size before pooling and the output must be >= 1. Valid sizes are {sizes[0]}, {sizes[1]}, "
-    f"{sizes[2]}, ... (minimum {sizes[0]}); nearest: {', '.join(map(str, below + above))}."
+    f'the valid U-Net (depth {depth}) cannot take size {input_size}: every level must have an even '
+    f'size before pooling and the output must be >= 1. Valid sizes are {sizes[0]}, {sizes[1]}, '
+    f'{sizes[2]}, ... (minimum {sizes[0]}); nearest: {", ".join(map(str, below + above))}.'
   )
 
 
@@ -107,10 +107,10 @@ class DoubleConv(nn.Module):
         padding=1 if self.padded else 0,
         use_bias=not self.padded,
         dtype=self.dtype,
-        name=f"conv_{i}",
+        name=f'conv_{i}',
       )(x)
       if self.padded:
-        x = layers.BatchNorm(dtype=self.dtype, name=f"bn_{i}")(x, train=train)
+        x = layers.BatchNorm(dtype=self.dtype, name=f'bn_{i}')(x, train=train)
       x = nn.relu(x)
     return x
 
@@ -130,9 +130,9 @@ class Up(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, skip: Array, *, train: bool) -> Array:
-    x = layers.ConvTranspose2d(self.features, 2, 2, dtype=self.dtype, name="up")(x)
+    x = layers.ConvTranspose2d(self.features, 2, 2, dtype=self.dtype, name='up')(x)
     x = jnp.concatenate([center_crop(skip, x.shape[1:3]), x], axis=-1)
-    return DoubleConv(self.features, self.padded, self.dtype, name="conv")(x, train=train)
+    return DoubleConv(self.features, self.padded, self.dtype, name='conv')(x, train=train)
 
 
 class UNet(nn.Module):
@@ -172,7 +172,7 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    name = "U-Net (padded)" if self.padded else "U-Net"
+    name = 'U-Net (padded)' if self.padded else 'U-Net'
     layers.check_image_batch(x, name, channels=self.in_channels)
     height, width = x.shape[1:3]
     if self.padded:
@@ -181,29 +181,29 @@ class UNet(nn.Module):
     else:
       self.output_size((height, width))  # refuses sizes that do not pool evenly
     conv = dict(padded=self.padded, dtype=self.dtype)
-    skips = [DoubleConv(self.features, name="inc", **conv)(x, train=train)]
+    skips = [DoubleConv(self.features, name='inc', **conv)(x, train=train)]
     for i in range(1, self.depth + 1):
       y = nn.max_pool(skips[-1], (2, 2), (2, 2))
-      skips.append(DoubleConv(self.features * 2**i, name=f"down{i}", **conv)(y, train=train))
+      skips.append(DoubleConv(self.features * 2**i, name=f'down{i}', **conv)(y, train=train))
     x = skips.pop()
     # "Drop-out layers at the end of the contracting path" (Sec. 3.1).
     x = nn.Dropout(self.dropout)(x, deterministic=not train or self.dropout == 0)
     for i in range(1, self.depth + 1):
       ch = self.features * 2 ** (self.depth - i)
-      x = Up(ch, name=f"up{i}", **conv)(x, skips.pop(), train=train)
-    x = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name="outc")(x)
+      x = Up(ch, name=f'up{i}', **conv)(x, skips.pop(), train=train)
+    x = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name='outc')(x)
     if self.padded:
       x = x[:, :height, :width]
     return x.astype(jnp.float32)
 
 
-@register_model("unet")
+@register_model('unet')
 def unet(*, num_classes: int, **kwargs) -> UNet:
-  kwargs.setdefault("dropout", 0.5)
+  kwargs.setdefault('dropout', 0.5)
   return UNet(num_classes=num_classes, padded=False, **kwargs)
 
 
-@register_model("unet_padded")
+@register_model('unet_padded')
 def unet_padded(*, num_classes: int, **kwargs) -> UNet:
-  kwargs.setdefault("in_channels", 3)
+  kwargs.setdefault('in_channels', 3)
   return UNet(num_classes=num_classes, padded=True, **kwargs)

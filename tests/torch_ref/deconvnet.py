@@ -12,11 +12,11 @@ from torch import nn
 from torch_ref.segnet import CBR, VGGEncoder, scaled
 
 DECONV_DECODER = (
-  (5, (("deconv5_1", 512, 512), ("deconv5_2", 512, 512), ("deconv5_3", 512, 512))),
-  (4, (("deconv4_1", 512, 512), ("deconv4_2", 512, 512), ("deconv4_3", 512, 256))),
-  (3, (("deconv3_1", 256, 256), ("deconv3_2", 256, 256), ("deconv3_3", 256, 128))),
-  (2, (("deconv2_1", 128, 128), ("deconv2_2", 128, 64))),
-  (1, (("deconv1_1", 64, 64), ("deconv1_2", 64, 64))),
+  (5, (('deconv5_1', 512, 512), ('deconv5_2', 512, 512), ('deconv5_3', 512, 512))),
+  (4, (('deconv4_1', 512, 512), ('deconv4_2', 512, 512), ('deconv4_3', 512, 256))),
+  (3, (('deconv3_1', 256, 256), ('deconv3_2', 256, 256), ('deconv3_3', 256, 128))),
+  (2, (('deconv2_1', 128, 128), ('deconv2_2', 128, 64))),
+  (1, (('deconv1_1', 64, 64), ('deconv1_2', 64, 64))),
 )
 
 
@@ -44,5 +44,5 @@ class DeconvNet(VGGEncoder):
     return self.score_fr(x)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   print(sum(p.numel() for p in DeconvNet(21).parameters()))

@@ -17,10 +17,10 @@ from torch import nn
 class DenseLayer(nn.Sequential):
   def __init__(self, cin, growth, drop):
     super().__init__()
-    self.add_module("norm", nn.BatchNorm2d(cin))
-    self.add_module("relu", nn.ReLU())
-    self.add_module("conv", nn.Conv2d(cin, growth, 3, 1, 1, bias=True))
-    self.add_module("drop", nn.Dropout2d(drop))
+    self.add_module('norm', nn.BatchNorm2d(cin))
+    self.add_module('relu', nn.ReLU())
+    self.add_module('conv', nn.Conv2d(cin, growth, 3, 1, 1, bias=True))
+    self.add_module('drop', nn.Dropout2d(drop))
 
 
 class DenseBlock(nn.Module):
@@ -43,11 +43,11 @@ class DenseBlock(nn.Module):
 class TransitionDown(nn.Sequential):
   def __init__(self, cin, drop):
     super().__init__()
-    self.add_module("norm", nn.BatchNorm2d(cin))
-    self.add_module("relu", nn.ReLU())
-    self.add_module("conv", nn.Conv2d(cin, cin, 1, bias=True))
-    self.add_module("drop", nn.Dropout2d(drop))
-    self.add_module("maxpool", nn.MaxPool2d(2))
+    self.add_module('norm', nn.BatchNorm2d(cin))
+    self.add_module('relu', nn.ReLU())
+    self.add_module('conv', nn.Conv2d(cin, cin, 1, bias=True))
+    self.add_module('drop', nn.Dropout2d(drop))
+    self.add_module('maxpool', nn.MaxPool2d(2))
 
 
 class TransitionUp(nn.Module):
@@ -65,7 +65,7 @@ class TransitionUp(nn.Module):
 class Bottleneck(nn.Sequential):
   def __init__(self, cin, growth, n_layers, drop):
     super().__init__()
-    self.add_module("bottleneck", DenseBlock(cin, growth, n_layers, True, drop))
+    self.add_module('bottleneck', DenseBlock(cin, growth, n_layers, True, drop))
 
 
 class FCDenseNet(nn.Module):
@@ -123,10 +123,10 @@ def fc_densenet(depth, **kw):
   )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   for d in (56, 67, 103):
     m = fc_densenet(d)
     p = sum(q.numel() for q in m.parameters())
-    stats = sum(b.numel() for k, b in m.state_dict().items() if "running" in k)
+    stats = sum(b.numel() for k, b in m.state_dict().items() if 'running' in k)
     print(d, p, p + stats)
   print(fc_densenet(56)(torch.zeros(1, 3, 37, 45)).shape)

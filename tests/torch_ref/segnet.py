@@ -12,11 +12,11 @@ from torch import nn
 VGG16_STAGES = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 # (name, in, out) of the SegNet decoder in forward order, grouped by stage.
 SEGNET_DECODER = (
-  (5, (("dcbr5_1", 512, 512), ("dcbr5_2", 512, 512), ("dcbr5_3", 512, 512))),
-  (4, (("dcbr4_1", 512, 512), ("dcbr4_2", 512, 512), ("dcbr4_3", 512, 256))),
-  (3, (("dcbr3_1", 256, 256), ("dcbr3_2", 256, 256), ("dcbr3_3", 256, 128))),
-  (2, (("dcbr2_1", 128, 128), ("dcbr2_2", 128, 64))),
-  (1, (("dcbr1_1", 64, 64),)),
+  (5, (('dcbr5_1', 512, 512), ('dcbr5_2', 512, 512), ('dcbr5_3', 512, 512))),
+  (4, (('dcbr4_1', 512, 512), ('dcbr4_2', 512, 512), ('dcbr4_3', 512, 256))),
+  (3, (('dcbr3_1', 256, 256), ('dcbr3_2', 256, 256), ('dcbr3_3', 256, 128))),
+  (2, (('dcbr2_1', 128, 128), ('dcbr2_2', 128, 64))),
+  (1, (('dcbr1_1', 64, 64),)),
 )
 
 
@@ -36,7 +36,7 @@ class VGGEncoder(nn.Module):
     cin = in_channels
     for s, n, ch in VGG16_STAGES:
       for i in range(1, n + 1):
-        setattr(self, f"conv{s}_{i}", CBR(cin, scaled(ch, width)))
+        setattr(self, f'conv{s}_{i}', CBR(cin, scaled(ch, width)))
         cin = scaled(ch, width)
     self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
 
@@ -50,7 +50,7 @@ class VGGEncoder(nn.Module):
     self.last_indices, self.pre_pool = [], []
     for s, n, _ in VGG16_STAGES:
       for i in range(1, n + 1):
-        x = getattr(self, f"conv{s}_{i}")(x)
+        x = getattr(self, f'conv{s}_{i}')(x)
       size = x.shape[2:]
       pooled, idx = self.pool(x)
       self.last_indices.append(idx)
@@ -92,7 +92,7 @@ class SegNetBasic(nn.Module):
     for i in range(1, 5):
       setattr(
         self,
-        f"conv{i}",
+        f'conv{i}',
         nn.Sequential(
           nn.Conv2d(cin, features, kernel_size, 1, p, bias=False),
           nn.BatchNorm2d(features),
@@ -103,7 +103,7 @@ class SegNetBasic(nn.Module):
     for i in range(4, 0, -1):
       setattr(
         self,
-        f"conv_decode{i}",
+        f'conv_decode{i}',
         nn.Sequential(
           nn.Conv2d(features, features, kernel_size, 1, p, bias=False), nn.BatchNorm2d(features)
         ),
@@ -115,13 +115,13 @@ class SegNetBasic(nn.Module):
   def forward(self, x):
     saved = []
     for i in range(1, 5):
-      x = getattr(self, f"conv{i}")(x)
+      x = getattr(self, f'conv{i}')(x)
       size = x.shape[2:]
       x, idx = self.pool(x)
       saved.append((idx, size))
     for i in range(4, 0, -1):
       idx, size = saved[i - 1]
-      x = getattr(self, f"conv_decode{i}")(self.unpool(x, idx, output_size=size))
+      x = getattr(self, f'conv_decode{i}')(self.unpool(x, idx, output_size=size))
     return self.conv_classifier(x)
 
 
@@ -149,7 +149,7 @@ def forward_with_indices(ref, x, indices):
       b = flat.gather(2, forced.flatten(2)).view_as(own)[diff]
       gap = float((a - b).abs().max())
       assert gap <= 1e-5 * float(flat.abs().max()), (
-        f"pooling decision differs by {gap}: not a near tie"
+        f'pooling decision differs by {gap}: not a near tie'
       )
       n_diff += int(diff.sum())
   return out, n_diff
@@ -159,7 +159,7 @@ def n_params(module: nn.Module) -> int:
   return sum(p.numel() for p in module.parameters())
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   print(n_params(SegNet(11)), n_params(SegNet(21)), n_params(SegNetBasic(11)))
   m = SegNet(3, width=1 / 16).eval()
   print(m(torch.zeros(1, 3, 35, 29)).shape)

@@ -78,9 +78,9 @@ class UNet(nn.Module):
     c = [base * 2**i for i in range(5)]
     self.inc = DoubleConv(in_channels, c[0], valid)
     for i in range(1, 5):
-      setattr(self, f"down{i}", Down(c[i - 1], c[i], valid))
+      setattr(self, f'down{i}', Down(c[i - 1], c[i], valid))
     for i in range(1, 5):
-      setattr(self, f"up{i}", Up(c[5 - i], c[4 - i], valid))
+      setattr(self, f'up{i}', Up(c[5 - i], c[4 - i], valid))
     self.outc = OutConv(c[0], num_classes)
 
   def forward(self, x):
@@ -89,15 +89,15 @@ class UNet(nn.Module):
       x = F.pad(x, (0, -w % 16, 0, -h % 16))
     skips = [self.inc(x)]
     for i in range(1, 5):
-      skips.append(getattr(self, f"down{i}")(skips[-1]))
+      skips.append(getattr(self, f'down{i}')(skips[-1]))
     x = skips.pop()
     for i in range(1, 5):
-      x = getattr(self, f"up{i}")(x, skips.pop())
+      x = getattr(self, f'up{i}')(x, skips.pop())
     x = self.outc(x)
     return x if self.valid else x[:, :, :h, :w]
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   for valid, cin in ((True, 1), (False, 1), (False, 3)):
     print(valid, cin, sum(p.numel() for p in UNet(cin, 2, valid).parameters()))
   print(UNet(1, 2, True, 4)(torch.zeros(1, 1, 572, 572)).shape)
