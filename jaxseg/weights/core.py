@@ -220,7 +220,9 @@ def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layou
         f'{tkey}: checkpoint has {tuple(np.asarray(sd[tkey]).shape)}, model expects {_torch_shape(want)}'
       )
       continue
-    out[path] = jnp.asarray(arr, dtype=flat_target[path].dtype)
+    # jnp.array copies: on CPU jnp.asarray may alias the source buffer (e.g. a torch tensor's
+    # memory), and a later in-place change to the torch module would then alter the Flax variables.
+    out[path] = jnp.array(arr, dtype=flat_target[path].dtype)
   ignore = [re.compile(p) for p in layout.ignore] + [re.compile(r'.*num_batches_tracked$')]
   unused = sorted(k for k in sd if k not in used and not any(p.fullmatch(k) for p in ignore))
   if missing or mismatched or unused:
@@ -241,7 +243,8 @@ def export(variables: Mapping, layout: Layout) -> dict[str, np.ndarray]:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
   sd = {}
   for path, tkey in keymap.items():
-    sd[tkey] = np.ascontiguousarray(_flax_to_torch(np.asarray(jax.device_get(flat[path]))))
+    # A copy, never a view of the (immutable) JAX buffer that torch.from_numpy could then write into.
+    sd[tkey] = np.array(_flax_to_torch(np.asarray(jax.device_get(flat[path]))), order='C', copy=True)
     if path[0] == 'batch_stats' and path[-1] == 'mean':
       sd[tkey.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
   if layout.postprocess is not None:
