@@ -104,19 +104,15 @@ def test_parity_deeplab_v3plus_jfzhang95_layout(torch_module):
 
 
 def test_gradients_reach_every_parameter():
+  """DeepLabv3+ with separable ASPP/decoder on a 1-middle-block Xception: covers every Xception leaf too."""
   tiny = {'middle_repeats': 1}
   model = jaxseg.create_model('deeplab_v3plus', num_classes=3, features=16, backbone_kwargs=tiny)
   x = jax.random.normal(jax.random.key(0), (2, 33, 31, 3))
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), x)
 
   def loss(params):
-    out, _ = model.apply(
-      {'params': params, 'batch_stats': variables['batch_stats']},
-      x,
-      train=True,
-      mutable=['batch_stats'],
-      rngs={'dropout': jax.random.key(2)},
-    )
+    # Eval-mode BN keeps the traced graph small (fast compile); gradients still reach scale and bias.
+    out = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=False)
     return jnp.mean(jnp.tanh(out) ** 2)
 
   grads = jax.jit(jax.grad(loss))(variables['params'])

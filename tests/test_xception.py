@@ -64,31 +64,12 @@ def test_rates_follow_the_reference():
   assert [(kw['strides'], kw['dilation']) for _, kw in specs['exit_flow']] == [(1, 1), (1, 2)]
 
 
-def test_gradients_reach_every_parameter():
+def test_tiny_variant_count():
+  """The 1-middle-block variant used by test_deeplab_v3's gradient test (which covers every Xception leaf)."""
   model = Xception(output_stride=8, middle_repeats=1)
-  assert xception65_count(middle=1) == jax.tree_util.tree_reduce(
-    lambda a, b: a + b,
-    jax.tree_util.tree_map(
-      lambda a: int(np.prod(a.shape)),
-      jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros((1, 16, 16, 3)))[
-        'params'
-      ],
-    ),
-  )
-  x = jax.random.normal(jax.random.key(0), (2, 17, 19, 3))
-  variables = jax.jit(functools.partial(model.init, train=True))(jax.random.key(1), x)
-
-  def loss(params):
-    feats, _ = model.apply(
-      {'params': params, 'batch_stats': variables['batch_stats']}, x, train=True, mutable=['batch_stats']
-    )
-    return jnp.mean(jnp.tanh(feats['out']) ** 2) + jnp.mean(jnp.tanh(feats['low_level']) ** 2)
-
-  grads = jax.jit(jax.grad(loss))(variables['params'])
-  flat = jax.tree_util.tree_leaves_with_path(grads)
-  zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
-  assert not zero, zero
-  assert all(np.all(np.isfinite(g)) for _, g in flat)
+  x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  assert n_params(variables['params']) == xception65_count(middle=1)
 
 
 def test_bad_inputs():
