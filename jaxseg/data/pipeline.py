@@ -15,6 +15,11 @@ Checkpointing the training iterator (grain 0.2.18), either
     to save and `grain.checkpoint.CheckpointRestore(it)` to restore (it writes
     one `process_<i>-of-<n>.json` per JAX process).
 
+With `dataset.num_workers > 0` grain hands records to worker processes round
+robin and each worker batches its own records, so batches are composed
+differently than in-process (still deterministic); a state restores only into
+an iterator with the same worker count (grain checks it).
+
 Evaluation: every example of the split exactly once, in order. Process p of P
 gets global examples b*B*P + p*B + j (j < B) for batch b, so all processes run
 the same number of batches; slots past the end are padding with `mask` False,
@@ -184,6 +189,13 @@ def create_train_iterator(
     ),
     grain.transforms.Batch(batch_size=batch, drop_remainder=True),
   ]
+  if int(config.dataset.num_workers) > 0:
+    from absl import flags
+
+    # grain's worker processes read absl flags; outside an absl app (scripts,
+    # notebooks) they are unparsed, which grain treats as an error.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
   loader = grain.DataLoader(
     data_source=source,
     sampler=sampler,
