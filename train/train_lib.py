@@ -53,14 +53,20 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------- model / optimiser
 
 
-def build_model(config: ml_collections.ConfigDict):
-  """The model named by config.model, with the computation dtype of config.train.dtype."""
+def _model_kwargs(config) -> dict:
+  """config.model.kwargs plus the computation dtype from config.train.dtype."""
   kwargs = dict(config.model.get('kwargs', {}) or {})
   dtype = config.train.get('dtype', 'float32')
   if dtype not in ('float32', 'bfloat16'):
     raise ValueError(f"config.train.dtype must be 'float32' or 'bfloat16', got {dtype!r}.")
   if dtype == 'bfloat16':
     kwargs['dtype'] = jnp.bfloat16
+  return kwargs
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The model named by config.model, with the computation dtype of config.train.dtype."""
+  kwargs = _model_kwargs(config)
   try:
     return jaxseg.create_model(config.model.name, num_classes=config.dataset.num_classes, **kwargs)
   except TypeError as e:
@@ -412,7 +418,7 @@ def _initial_variables(config, model, rng, input_shape) -> dict:
     from jaxseg.weights import pretrained
 
     variables, report = pretrained.load_pretrained(
-      config.model.name, variables, config.model.weights, config.dataset.num_classes
+      config.model.name, variables, config.model.weights, config.dataset.num_classes, **_model_kwargs(config)
     )
     logging_lib.info(f'model initialised from {config.model.weights}: {report}')
   return variables
