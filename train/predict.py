@@ -71,6 +71,9 @@ def write_prediction(out_dir: str, name: str, image: np.ndarray, probs: np.ndarr
   tmp = mask_path + '.tmp'
   pal.save(tmp, format='PNG')
   os.replace(tmp, mask_path)  # never leave a half-written PNG under the final name
+  from train.train_lib import center_crop_to
+
+  image = center_crop_to(image, pred.shape)  # the valid U-Net predicts the central region only
   side = np.concatenate([image, data_lib.overlay(image, pred)], axis=1)
   overlay_path = os.path.join(out_dir, f'{name}_overlay.png')
   Image.fromarray(side).save(overlay_path + '.tmp', format='PNG')

@@ -639,4 +639,12 @@ def _log_eval_image(config, host_state, writer, step) -> None:
   x = data_lib.normalize(image, config.dataset.normalize)[None]
   variables = {'params': host_state.params, 'batch_stats': host_state.batch_stats}
   pred = np.asarray(_jitted_apply(host_state.apply_fn)(variables, x))[0]
+  image = center_crop_to(image, pred.shape)  # the valid U-Net predicts the central region only
   writer.image(step, 'eval/prediction', np.concatenate([image, data_lib.overlay(image, pred)], axis=1))
+
+
+def center_crop_to(image: np.ndarray, shape) -> np.ndarray:
+  """The central shape[:2] region of an (H, W, ...) image (identity when the sizes agree)."""
+  h, w = shape[:2]
+  top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+  return image[top : top + h, left : left + w]
