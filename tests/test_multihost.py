@@ -22,7 +22,7 @@ def test_two_processes_train_one_model(tmp_path):
   for pid in range(2):
     cmd = [
       sys.executable, '-m', 'train.main', '--config', 'configs/quickstart.py:smoke', '--workdir', str(tmp_path),
-      '--config.dataset.synthetic_size=32', '--config.dataset.crop_size=(32, 32)', '--config.predict.num_images=0',
+      '--config.dataset.synthetic_size=32', '--config.dataset.crop_size=(32, 32)', '--config.predict.num_images=1',
       '--config.train.distributed=True', f'--config.train.coordinator_address=127.0.0.1:{port}',
       '--config.train.num_processes=2', f'--config.train.process_id={pid}',
     ]
@@ -44,3 +44,10 @@ def test_two_processes_train_one_model(tmp_path):
   assert sums[0] == sums[1]  # one model, replicated on both processes
   assert mious[0] == mious[1]  # one confusion matrix over the whole split
   assert os.listdir(tmp_path / 'checkpoints') == ['2']
+  # train.main's prediction PNGs: written once, by process 0, as colour-palette images
+  assert sum('wrote ' in out for _, out, _ in outs) == 1
+  assert sorted(os.listdir(tmp_path / 'predictions')) == ['val_0000.png', 'val_0000_overlay.png']
+  from PIL import Image
+
+  with Image.open(tmp_path / 'predictions' / 'val_0000.png') as im:
+    assert im.mode == 'P' and im.size == (32, 32)

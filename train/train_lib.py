@@ -337,6 +337,10 @@ class Parallel:
   def train(self, state, batch, rng):
     return self._train(state, batch, rng)
 
+  def num_train_executables(self) -> int:
+    """How many times the train step was compiled (1 with static shapes and a committed state)."""
+    return getattr(self._train, '_cache_size', lambda: -1)()
+
   def eval(self, state, batch) -> Array:
     cm = self._eval(state, batch)
     return cm[0] if self.mode == 'pmap' else cm
@@ -594,6 +598,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   writer.close()
   return {
     'step': final_step,
+    'train_executables': parallel.num_train_executables(),
     'metrics': last_metrics,
     'eval': eval_result,
     'interrupted': interrupted,
