@@ -210,3 +210,25 @@ def test_eval_multiscale_flip_window_crf(trained):
   for kwargs in (dict(scales=(0.75, 1.0, 1.25), flip=True), dict(window=24), dict(crf=True)):
     r = eval_lib.evaluate_checkpoint(workdir, progress=False, **kwargs)
     assert 0.0 <= r['miou'] <= 1.0 and np.sum(r['confusion']) == np.sum(base['confusion'])
+
+
+def test_config_backbone_weights_initialise_only_the_backbone(tmp_path):
+  """config.model.backbone_weights: the train loop loads an ImageNet-layout file into params['backbone'] only."""
+  from safetensors.numpy import save_file
+
+  import jaxseg
+
+  config = smoke_config()
+  model = train_lib.build_model(config)
+  donor = train_lib.init_variables(model, jax.random.key(42), (1, 32, 32, 3))
+  name, kwargs = model.backbone_spec()
+  sd = jaxseg.weights.to_torch(name, {'params': donor['params']['backbone']})  # torchvision vgg16 layout
+  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / 'vgg16.safetensors'))
+  config.model.backbone_weights = str(tmp_path / 'vgg16.safetensors')
+  variables = train_lib._initial_variables(config, model, jax.random.key(0), (1, 32, 32, 3))
+  fresh = train_lib.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  for a, b in zip(jax.tree.leaves(variables['params']['backbone']), jax.tree.leaves(donor['params']['backbone'])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for key in ('score_fr', 'upscore8'):  # the head keeps its fresh initialisation
+    for a, b in zip(jax.tree.leaves(variables['params'][key]), jax.tree.leaves(fresh['params'][key])):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -38,11 +38,19 @@ def _vgg_key_fn(batch_norm: bool):
 
 
 def linear_fc_to_conv(sd: dict, flat_target: dict) -> dict:
-  """ImageNet VGG classifier Linear weights -> fc6 7x7 / fc7 1x1 conv weights (as FCN does)."""
+  """ImageNet VGG classifier Linear weights -> fc6 7x7 / fc7 1x1 conv weights (as FCN does).
+
+  The input channels come from the model's own fc6 / fc7 kernels (512 / 4096 for VGG-16,
+  fewer for the narrow variants), so a Linear of the wrong size is reported as a shape mismatch.
+  """
   sd = dict(sd)
-  for key, (k, cin) in (('classifier.0.weight', (7, 512)), ('classifier.3.weight', (1, 4096))):
-    if key in sd and np.asarray(sd[key]).ndim == 2:
-      sd[key] = np.asarray(sd[key]).reshape(-1, cin, k, k)
+  kernels = {path[-2]: v.shape for path, v in flat_target.items() if path[0] == 'params' and path[-1] == 'kernel'}
+  for key, module in (('classifier.0.weight', 'fc6'), ('classifier.3.weight', 'fc7')):
+    if key in sd and np.asarray(sd[key]).ndim == 2 and module in kernels:
+      kh, kw, cin, _ = kernels[module]
+      w = np.asarray(sd[key])
+      if w.shape[1] == cin * kh * kw:  # torchvision flattens pool5 as (C, H, W)
+        sd[key] = w.reshape(w.shape[0], cin, kh, kw)
   return sd
 
 
