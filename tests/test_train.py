@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common, quickstart
+from configs import common, fcn8s
 from train import checkpointing, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,9 @@ def _env(**extra):
 
 
 def smoke_config(num_steps=2):
-  c = quickstart.get_config('smoke')
+  c = fcn8s.get_config('smoke')
+  c.model.kwargs.width = 0.125  # FCN-8s exactly, with 1/8 of the channels
+  c.predict.num_images = 2
   c.train.num_steps = num_steps
   c.train.checkpoint_every = 2
   c.dataset.synthetic_size = 32

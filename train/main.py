@@ -16,6 +16,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  from absl import logging
+
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; progress goes to stderr anyway
   from train import train_lib
 
   import jax
