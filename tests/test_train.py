@@ -234,3 +234,23 @@ def test_config_backbone_weights_initialise_only_the_backbone(tmp_path):
   for key in ('score_fr', 'upscore8'):  # the head keeps its fresh initialisation
     for a, b in zip(jax.tree.leaves(variables['params'][key]), jax.tree.leaves(fresh['params'][key])):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  """config.train.dtype='bfloat16': the model computes in bfloat16, parameters and their updates stay float32."""
+  config = smoke_config()
+  config.train.dtype = 'bfloat16'
+  model = train_lib.build_model(config)
+  assert model.dtype == jnp.bfloat16
+  state = train_lib.create_train_state(config, model, jax.random.key(0), (2, 32, 32, 3))
+  rng = np.random.default_rng(0)
+  batch = {
+    'image': rng.standard_normal((2, 32, 32, 3)).astype(np.float32),
+    'label': rng.integers(0, 4, (2, 32, 32)).astype(np.int32),
+  }
+  step = jax.jit(lambda s, b: train_lib.train_step(s, b, jax.random.key(1), cfg=train_lib.step_config(config)))
+  new_state, m = step(state, batch)
+  assert np.isfinite(float(m['loss'])) and bool(m['finite'])
+  assert {a.dtype for a in jax.tree.leaves(new_state.params)} == {jnp.dtype('float32')}
+  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)))
+  assert moved > 0
