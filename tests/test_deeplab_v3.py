@@ -80,15 +80,17 @@ def test_parity_deeplab_v3_with_torchvision_parts(torch_module):
 JF = dict(backbone='resnet101', separable=False, aspp_dropout=0.5, decoder_dropout=(0.5, 0.1))
 
 
-def test_parity_deeplab_v3plus_jfzhang95_layout(torch_module):
+@pytest.mark.parametrize('depth,output_stride', [(101, 16), (50, 8)])
+def test_parity_deeplab_v3plus_jfzhang95_layout(torch_module, depth, output_stride):
+  """OS 16 with ResNet-101 (the paper's); OS 8 (every layer3 block at rate 2) with ResNet-50, cheaper."""
   torch = torch_module
   from torch_ref.deeplab_v3plus import DeepLabV3Plus as TorchDeepLabV3Plus
 
-  ref = randomize_torch(TorchDeepLabV3Plus(4), seed=8)
-  variables = jaxseg.weights.from_torch(
-    'deeplab_v3plus', ref.state_dict(), **JF
-  )  # num_classes read from the checkpoint
-  model = jaxseg.create_model('deeplab_v3plus', num_classes=4, **JF)
+  ref = randomize_torch(TorchDeepLabV3Plus(4, depth=depth, output_stride=output_stride), seed=8)
+  kwargs = {**JF, 'backbone': f'resnet{depth}', 'output_stride': output_stride}
+  # num_classes read from the checkpoint
+  variables = jaxseg.weights.from_torch('deeplab_v3plus', ref.state_dict(), **kwargs)
+  model = jaxseg.create_model('deeplab_v3plus', num_classes=4, **kwargs)
   x = np.random.default_rng(1).standard_normal((1, 49, 43, 3)).astype(np.float32)
   ref.eval()
   with torch.no_grad():

@@ -73,6 +73,10 @@ def test_dilation_schedule_matches_torchvision(torch_module):
   grid = ResNet(stage_sizes=(3, 4, 23, 3), output_stride=16, multi_grid=(1, 2, 4))._dilations()
   assert grid[3] == [2, 4, 8]
   assert ResNet(output_stride=8, multi_grid=(1, 2, 1))._dilations()[3] == [4, 8, 4]
+  # PSPNet / jfzhang95 rule: the first block of a dilated stage is dilated too.
+  assert ResNet(output_stride=8, dilate_first_block=True)._dilations() == [[1] * 3, [1] * 4, [2] * 6, [4] * 3]
+  assert ResNet(output_stride=16, dilate_first_block=True)._dilations()[2:] == [[1] * 6, [2] * 3]
+  assert ResNet(output_stride=32, dilate_first_block=True)._dilations() == ResNet()._dilations()
 
 
 @pytest.fixture(scope='module')

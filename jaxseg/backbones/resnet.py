@@ -9,7 +9,14 @@ load 1:1 (`jaxseg.weights.layouts_resnet.resnet_key_fn`).
 exactly as torchvision's `replace_stride_with_dilation` does: the first block
 of a dilated stage still uses the *previous* dilation for its 3x3 conv and
 only the following blocks use the new one (torchvision, and therefore its
-segmentation models, do this).
+segmentation models, do this). `dilate_first_block=True` gives the other
+common rule, where every block of a dilated stage, the first included, uses
+the stage's dilation: PSPNet's reference code (hszhao/semseg sets dilation 2
+on every layer3 3x3 conv and 4 on every layer4 one) and
+jfzhang95/pytorch-deeplab-xception's ResNet (`_make_layer(..., dilation)`)
+build it that way. The two rules differ only in the first block of each
+dilated stage (layer4 at output stride 16; layer3 and layer4 at 8); the
+parameters are the same, so weights load under either rule.
 
 `multi_grid` (DeepLabv3, Sec. 3.2) gives layer4's unit rates: block i uses
 dilation `stage_dilation * multi_grid[i]` (every block, the first included, as
@@ -137,6 +144,8 @@ class ResNet(nn.Module):
     output_stride: 32, 16 or 8 (dilation replaces stride in layer4, layer3 + layer4).
     deep_stem: PSPNet's three-conv stem instead of the 7x7 conv.
     multi_grid: layer4 unit rates (one per layer4 block), e.g. (1, 2, 4); None = torchvision's rule.
+    dilate_first_block: the first block of a dilated stage uses the stage's dilation too
+      (PSPNet / jfzhang95 rule) instead of the previous one (torchvision's rule).
     base_width: channels of the stem and of layer1's inner width (64; smaller only for tests).
     dtype: computation dtype (e.g. jnp.bfloat16).
     bn_axis_name: axis for synchronised BatchNorm, or None.
@@ -146,6 +155,7 @@ class ResNet(nn.Module):
   output_stride: int = 32
   deep_stem: bool = False
   multi_grid: Sequence[int] | None = None
+  dilate_first_block: bool = False
   base_width: int = 64
   dtype: Any = None
   bn_axis_name: str | None = None
@@ -161,7 +171,8 @@ class ResNet(nn.Module):
       previous = dilation
       if dilate:
         dilation *= 2
-      out.append([previous] + [dilation] * (n - 1))
+      first = dilation if self.dilate_first_block else previous
+      out.append([first] + [dilation] * (n - 1))
     if self.multi_grid is not None:
       grid = tuple(int(g) for g in self.multi_grid)
       if len(grid) != self.stage_sizes[3] or min(grid) < 1:

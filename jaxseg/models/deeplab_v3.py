@@ -184,7 +184,8 @@ class DeepLabV3Plus(nn.Module):
     low_level_features: channels of the reduced stride-4 features (48).
     features: channels of ASPP and decoder (256).
     align_corners: of the bilinear resizes (True in the TF reference and jfzhang95).
-    backbone_kwargs: extra kwargs for the encoder (default multi_grid (1, 2, 4) for ResNets,
+    backbone_kwargs: extra kwargs for the encoder (default multi_grid (1, 2, 4) and
+      dilate_first_block=True for ResNets, i.e. jfzhang95's encoder at output stride 8 too,
       last_conv=False for MobileNetV2; tiny variants for tests).
     dtype: computation dtype; logits are float32.
     bn_axis_name: axis for synchronised BatchNorm, or None.
@@ -208,6 +209,7 @@ class DeepLabV3Plus(nn.Module):
     kwargs = dict(output_stride=self.output_stride, **dict(self.backbone_kwargs or {}))
     if self.backbone.startswith('resnet'):
       kwargs.setdefault('multi_grid', (1, 2, 4))  # as the paper's ResNet-101 and jfzhang95's encoder
+      kwargs.setdefault('dilate_first_block', True)  # OS 8: all of layer3 at rate 2, as jfzhang95's
     elif self.backbone == 'mobilenet_v2':
       kwargs.setdefault('last_conv', False)  # DeepLab reads the 320-channel features.17
     return self.backbone, kwargs

@@ -19,11 +19,10 @@ PyTorch re-implementation hszhao/semseg (`model/pspnet.py`):
 Output: `train=False` -> logits (N, H, W, C); `train=True` -> {'out': logits,
 'aux': aux_logits} when `aux` is enabled, else the logits.
 
-Dilation: semseg dilates *every* 3x3 conv of layer3 by 2 and of layer4 by 4.
-The shared ResNet backbone follows torchvision's rule (the first block of a
-dilated stage keeps the previous dilation); layer4 is made semseg-exact with
-`multi_grid=(1, 1, 1)` (rates 4, 4, 4), but layer3's first block has dilation 1
-instead of 2 (one 3x3 conv out of 53; the backbone has no option for it).
+Dilation: as semseg, *every* 3x3 conv of layer3 has dilation 2 and of layer4
+dilation 4, the first block of each stage included (the shared ResNet with
+`dilate_first_block=True`; torchvision's rule would keep dilation 1 and 2 in
+those two first blocks).
 
 PyTorch layout (`jaxseg.weights`, 'pspnet'): semseg's keys `layer0.*` (stem),
 `layer1` ... `layer4`, `ppm.features.N.{1,2}`, `cls.{0,1,4}`, `aux.{0,1,4}`.
@@ -93,7 +92,7 @@ class PSPNet(nn.Module):
     kwargs = dict(
       output_stride=8,
       deep_stem=self.deep_stem,
-      multi_grid=(1,) * stages[3],  # every layer4 block at rate 4, as semseg
+      dilate_first_block=True,  # every layer3 3x3 conv at rate 2, every layer4 one at 4, as semseg
       base_width=self.base_width,
       dtype=self.dtype,
       bn_axis_name=self.bn_axis_name,

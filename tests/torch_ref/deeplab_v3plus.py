@@ -71,18 +71,29 @@ class Decoder(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-  """ResNet encoder (OS 16, multi-grid 1/2/4) + ASPP + decoder, jfzhang95 keys."""
+  """ResNet encoder (multi-grid 1/2/4) + ASPP + decoder, jfzhang95 keys.
 
-  def __init__(self, num_classes, depth=101):
+  Output stride 16: layer4 rates 2, 4, 8, ASPP 6/12/18. Output stride 8: every
+  layer3 block at rate 2 (the first included, as that repository's
+  `_make_layer` passes the stage dilation to every block), layer4 rates 4, 8,
+  16, ASPP 12/24/36.
+  """
+
+  def __init__(self, num_classes, depth=101, output_stride=16):
     super().__init__()
+    os8 = output_stride == 8
     resnet = getattr(torchvision.models, f'resnet{depth}')(
-      weights=None, replace_stride_with_dilation=[False, False, True]
+      weights=None, replace_stride_with_dilation=[False, os8, True]
     )
-    for block, rate in zip(resnet.layer4, (2, 4, 8), strict=True):
-      block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
+    stage_rate = 4 if os8 else 2
+    for block, grid in zip(resnet.layer4, (1, 2, 4), strict=True):
+      block.conv2.dilation = block.conv2.padding = (stage_rate * grid,) * 2
+    if os8:
+      for block in resnet.layer3:
+        block.conv2.dilation = block.conv2.padding = (2, 2)
     resnet.fc = nn.Identity()  # that repository's ResNet has no classifier
     self.backbone = resnet
-    self.aspp = ASPP()
+    self.aspp = ASPP(rates=(12, 24, 36) if os8 else (6, 12, 18))
     self.decoder = Decoder(num_classes)
 
   def encoder(self, x):

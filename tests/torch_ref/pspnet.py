@@ -1,8 +1,8 @@
 """PSPNet in hszhao/semseg's key layout (layer0..layer4, ppm.features.N, cls, aux), on torchvision's ResNet.
 
 The backbone is torchvision's Bottleneck ResNet with replace_stride_with_dilation
-=(False, True, True) and every layer4 3x3 conv at dilation 4 (semseg's rule for
-layer4; jaxseg's shared backbone keeps torchvision's rule in layer3). The stem
+=(False, True, True), then, as semseg does, every layer3 3x3 conv set to dilation 2
+and every layer4 one to dilation 4 (the first block of each stage included). The stem
 is `layer0` = Sequential(conv1, bn1, relu, maxpool), or semseg's deep base
 Sequential(conv1, bn1, relu, conv2, bn2, relu, conv3, bn3, relu, maxpool).
 PPM and final upsampling use bilinear interpolation with align_corners=True.
@@ -41,8 +41,9 @@ class PSPNet(nn.Module):
   ):
     super().__init__()
     resnet = ResNet(Bottleneck, list(layers), replace_stride_with_dilation=[False, True, True])
-    for block in resnet.layer4:
-      block.conv2.dilation, block.conv2.padding = (4, 4), (4, 4)
+    for stage, rate in ((resnet.layer3, 2), (resnet.layer4, 4)):
+      for block in stage:
+        block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)
     if deep_base:
       conv2, bn2 = nn.Conv2d(64, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64)
       conv3, bn3 = nn.Conv2d(64, 128, 3, 1, 1, bias=False), nn.BatchNorm2d(128)
