@@ -124,6 +124,24 @@ def test_convert_cli_kwargs_normalize_and_export_npz(tmp_path, capsys):
   np.testing.assert_array_equal(variables['params']['backbone']['fc7']['bias'], sd['fc7.bias'])
   np.testing.assert_array_equal(variables['params']['upscore8']['kernel'], sd['upscore8.weight'].transpose(2, 3, 1, 0))
 
+  # A different class count: only the class-dependent layers are re-initialised, and the summary names them.
+  convert_cli.main(
+    ['--model', 'fcn8s', '--input', str(tmp_path / 'voc.npz'), '--output', str(tmp_path / 'c5')]
+    + ['--num_classes', '5', '--model_kwargs', '{"width": 0.125}']
+  )
+  out = capsys.readouterr().out
+  assert 'fcn8s (5 classes)' in out and 'score_fr' in out
+  model5, variables5 = load_checkpoint(tmp_path / 'c5')
+  assert model5.num_classes == 5
+  fresh = {'score_fr', 'score_pool3', 'score_pool4', 'upscore2', 'upscore8', 'upscore_pool4'}
+  flat21 = dict(jax.tree_util.tree_leaves_with_path(variables['params']))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables5['params']):
+    if fresh & {getattr(p, 'key', None) for p in path}:
+      assert 5 in leaf.shape, jax.tree_util.keystr(path)
+    else:
+      np.testing.assert_array_equal(leaf, flat21[path], err_msg=jax.tree_util.keystr(path))
+  assert model5.apply(variables5, np.zeros((1, 32, 32, 3), np.float32), train=False).shape == (1, 32, 32, 5)
+
   export_cli.main(['--checkpoint', str(tmp_path / 'c'), '--output', str(tmp_path / 'c.npz')])
   with np.load(tmp_path / 'c.npz') as z:
     assert sorted(z.files) == sorted(sd)
