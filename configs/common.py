@@ -16,9 +16,13 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'synthetic'  # 'synthetic' (embedded, generated) or 'voc' (TFDS builder, prepared data)
+  c.dataset.name = (
+    'synthetic'  # 'synthetic' (embedded, generated) or 'voc' (TFDS builder, prepared data)
+  )
   c.dataset.config = ''  # builder config, e.g. '2012' or '2012_aug' for VOC
-  c.dataset.data_dir = ''  # where prepared TFDS data lives ('' = TFDS default ~/tensorflow_datasets)
+  c.dataset.data_dir = (
+    ''  # where prepared TFDS data lives ('' = TFDS default ~/tensorflow_datasets)
+  )
   c.dataset.num_classes = 21
   c.dataset.ignore_index = 255
   c.dataset.train_split = 'train'
@@ -26,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.crop_size = (320, 320)  # training crop (H, W)
   c.dataset.scale_range = (0.5, 2.0)  # random rescale before the crop
   c.dataset.flip = True
-  c.dataset.normalize = 'imagenet'  # 'imagenet' (RGB mean/std) or 'caffe' (BGR mean, 0-255: converted Caffe weights)
+  c.dataset.normalize = (
+    'imagenet'  # 'imagenet' (RGB mean/std) or 'caffe' (BGR mean, 0-255: converted Caffe weights)
+  )
   c.dataset.in_channels = 3
   c.dataset.eval_size = ()  # () = evaluate at full resolution (padded to the batch's max size)
   c.dataset.num_workers = 0  # grain worker processes (0 = in-process)
@@ -37,7 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = 'fcn8s'
   c.model.kwargs = ml_collections.ConfigDict()  # passed to jaxseg.create_model
-  c.model.backbone_weights = ''  # path to an ImageNet checkpoint for the backbone (.pth/.safetensors/.npz)
+  c.model.backbone_weights = (
+    ''  # path to an ImageNet checkpoint for the backbone (.pth/.safetensors/.npz)
+  )
   c.model.weights = ''  # path to a full-model checkpoint in the model's PyTorch layout
 
   c.optim = ml_collections.ConfigDict()
@@ -69,7 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_to_keep = 2
   c.train.skip_nonfinite = False  # True: skip updates with NaN/inf gradients instead of stopping
   c.train.distributed = False  # call jax.distributed.initialize() (multi-host)
-  c.train.coordinator_address = ''  # 'host:port' of process 0; '' = auto-detect (TPU pods, SLURM, ...)
+  c.train.coordinator_address = (
+    ''  # 'host:port' of process 0; '' = auto-detect (TPU pods, SLURM, ...)
+  )
   c.train.num_processes = 0  # with coordinator_address: total processes
   c.train.process_id = -1  # with coordinator_address: this process
 
@@ -81,7 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.crf_params = 'deeplab_v2'  # 'deeplab_v1' or 'deeplab_v2' (jaxseg.crf presets)
 
   c.predict = ml_collections.ConfigDict()
-  c.predict.num_images = 0  # > 0: after training, write colour-palette predictions of that many eval images
+  c.predict.num_images = (
+    0  # > 0: after training, write colour-palette predictions of that many eval images
+  )
   return c
 
 
@@ -107,4 +119,79 @@ def smoke(c: ml_collections.ConfigDict, size: int = 64) -> ml_collections.Config
   c.train.checkpoint_every = 2
   c.eval.batch_size = 2
   c.eval.crf = False
+  return c
+
+
+def voc_aug(c: ml_collections.ConfigDict, crop_size, **dataset) -> ml_collections.ConfigDict:
+  """PASCAL VOC 2012 with SBD's extra masks: train on `train_aug` (10,582), evaluate on `val` (1,449).
+
+  `dataset` overrides further `c.dataset` fields (e.g. scale_range, normalize).
+  """
+  c.dataset.update(
+    dict(
+      name='voc',
+      config='2012_aug',
+      num_classes=21,
+      train_split='train_aug',
+      eval_split='val',
+      crop_size=tuple(crop_size),
+      **dataset,
+    )
+  )
+  return c
+
+
+def sgd(
+  c: ml_collections.ConfigDict,
+  lr: float,
+  *,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  schedule: str = 'poly',
+  **optim,
+) -> ml_collections.ConfigDict:
+  """SGD with momentum and weight decay; `optim` overrides further `c.optim` fields."""
+  c.optim.update(
+    dict(
+      name='sgd', lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, **optim
+    )
+  )
+  return c
+
+
+def steps(
+  c: ml_collections.ConfigDict,
+  batch_size: int,
+  num_steps: int,
+  eval_every: int,
+  checkpoint_every: int,
+) -> ml_collections.ConfigDict:
+  """Global batch, training length and the evaluation / checkpoint cadence."""
+  c.train.update(
+    dict(
+      batch_size=batch_size,
+      num_steps=num_steps,
+      eval_every=eval_every,
+      checkpoint_every=checkpoint_every,
+    )
+  )
+  return c
+
+
+def select(c: ml_collections.ConfigDict, variant: str, recipe: str, **variants):
+  """Applies the named variant of a recipe: '' is the recipe itself, 'smoke' is `smoke(c)` unless
+  `variants` gives its own, and each entry of `variants` maps a name to a function c -> config.
+  An unknown name is a ValueError listing the known ones."""
+  variants = {'smoke': smoke, **variants}
+  if not variant:
+    return c
+  if variant not in variants:
+    known = ', '.join(repr(k) for k in variants)
+    raise ValueError(f'unknown variant {variant!r} of configs/{recipe}.py (known: {known})')
+  return variants[variant](c)
+
+
+def with_crf(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The recipe evaluated with the dense CRF (`c.eval.crf_params` preset)."""
+  c.eval.crf = True
   return c

@@ -22,29 +22,16 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (224, 224)  # fc6 is a 7x7 VALID conv: the network takes 224x224
-  c.dataset.eval_size = (224, 224)
+  # fc6 is a 7x7 VALID conv: the network takes 224x224.
+  common.voc_aug(c, (224, 224), eval_size=(224, 224))
   c.model.name = 'deconvnet'
-  c.optim.name = 'sgd'
-  c.optim.lr = 0.01
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'step'
-  c.optim.step_boundaries = (0.5,)
-  c.train.batch_size = 64
-  c.train.num_steps = 40_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 2_000
-  if variant == 'smoke':
-    # Same network; smoke() keeps the size given here (224, as the model needs).
-    c = common.smoke(c, size=224)
-    c.dataset.eval_size = (224, 224)
-    return c
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/deconvnet.py (known: 'smoke')")
+  common.sgd(c, 0.01, schedule='step', step_boundaries=(0.5,))
+  common.steps(c, batch_size=64, num_steps=40_000, eval_every=2_000, checkpoint_every=2_000)
+  return common.select(c, variant, 'deconvnet', smoke=smoke)
+
+
+def smoke(c):
+  # Same network; smoke() keeps the size given here (224, as the model needs).
+  c = common.smoke(c, size=224)
+  c.dataset.eval_size = (224, 224)
   return c

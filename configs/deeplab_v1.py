@@ -20,35 +20,12 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (321, 321)
-  c.dataset.scale_range = (1.0, 1.0)  # DeepLab v1 trains on random crops and flips only
-  c.dataset.normalize = 'caffe'
+  # DeepLab v1 trains on random crops and flips only.
+  common.voc_aug(c, (321, 321), scale_range=(1.0, 1.0), normalize='caffe')
   c.model.name = 'deeplab_v1'
-  c.optim.name = 'sgd'
-  c.optim.lr = 1e-3
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'step'
-  c.optim.step_boundaries = (1 / 3, 2 / 3)  # x0.1 at 2K and 4K of 6K iterations
-  c.optim.step_factor = 0.1
+  # x0.1 at 2K and 4K of 6K iterations.
+  common.sgd(c, 1e-3, schedule='step', step_boundaries=(1 / 3, 2 / 3), step_factor=0.1)
   c.optim.head_lr_mult = 10.0
-  c.train.batch_size = 20
-  c.train.num_steps = 6_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 1_000
+  common.steps(c, batch_size=20, num_steps=6_000, eval_every=2_000, checkpoint_every=1_000)
   c.eval.crf_params = 'deeplab_v1'
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant == 'crf':
-    c.eval.crf = True
-    return c
-  if variant:
-    raise ValueError(
-      f"unknown variant {variant!r} of configs/deeplab_v1.py (known: 'smoke', 'crf')"
-    )
-  return c
+  return common.select(c, variant, 'deeplab_v1', crf=common.with_crf)

@@ -19,33 +19,9 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (321, 321)
-  c.dataset.scale_range = (0.5, 1.5)
-  c.dataset.normalize = 'imagenet'  # torchvision ImageNet weights
+  # torchvision ImageNet weights (imagenet normalisation).
+  common.voc_aug(c, (321, 321), scale_range=(0.5, 1.5), normalize='imagenet')
   c.model.name = 'deeplab_v2'
-  c.optim.name = 'sgd'
-  c.optim.lr = 2.5e-4
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'poly'
-  c.optim.power = 0.9
-  c.optim.head_lr_mult = 10.0
-  c.train.batch_size = 10
-  c.train.num_steps = 20_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 1_000
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant == 'crf':
-    c.eval.crf = True
-    return c
-  if variant:
-    raise ValueError(
-      f"unknown variant {variant!r} of configs/deeplab_v2.py (known: 'smoke', 'crf')"
-    )
-  return c
+  common.sgd(c, 2.5e-4, power=0.9, head_lr_mult=10.0)
+  common.steps(c, batch_size=10, num_steps=20_000, eval_every=2_000, checkpoint_every=1_000)
+  return common.select(c, variant, 'deeplab_v2', crf=common.with_crf)

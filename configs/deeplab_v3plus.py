@@ -22,29 +22,10 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (513, 513)
-  c.dataset.scale_range = (0.5, 2.0)
-  c.dataset.normalize = 'imagenet'
+  common.voc_aug(c, (513, 513), scale_range=(0.5, 2.0), normalize='imagenet')
   c.model.name = 'deeplab_v3plus'
   c.model.kwargs.backbone = 'xception65'
   c.model.kwargs.output_stride = 16
-  c.optim.name = 'sgd'
-  c.optim.lr = 0.007
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 4e-5
-  c.optim.schedule = 'poly'
-  c.optim.power = 0.9
-  c.train.batch_size = 16
-  c.train.num_steps = 30_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 1_000
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/deeplab_v3plus.py (known: 'smoke')")
-  return c
+  common.sgd(c, 0.007, weight_decay=4e-5, power=0.9)
+  common.steps(c, batch_size=16, num_steps=30_000, eval_every=2_000, checkpoint_every=1_000)
+  return common.select(c, variant, 'deeplab_v3plus')

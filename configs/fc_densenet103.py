@@ -20,24 +20,9 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (224, 224)
+  common.voc_aug(c, (224, 224))
   c.model.name = 'fc_densenet103'
   c.model.kwargs.dropout = 0.2
-  c.optim.name = 'adam'
-  c.optim.lr = 1e-3
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = 'poly'
-  c.train.batch_size = 3
-  c.train.num_steps = 100_000
-  c.train.eval_every = 5_000
-  c.train.checkpoint_every = 5_000
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/fc_densenet103.py (known: 'smoke')")
-  return c
+  c.optim.update(dict(name='adam', lr=1e-3, weight_decay=1e-4, schedule='poly'))
+  common.steps(c, batch_size=3, num_steps=100_000, eval_every=5_000, checkpoint_every=5_000)
+  return common.select(c, variant, 'fc_densenet103')

@@ -18,25 +18,9 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (320, 320)
-  c.dataset.normalize = 'caffe'
+  common.voc_aug(c, (320, 320), normalize='caffe')
   c.model.name = 'fcn8s'
-  c.optim.name = 'sgd'
-  c.optim.lr = 1e-4 * 100  # per-pixel mean loss instead of Caffe's summed loss
-  c.optim.momentum = 0.99
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'poly'
-  c.train.batch_size = 20
-  c.train.num_steps = 30_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 1_000
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/fcn8s.py (known: 'smoke')")
-  return c
+  # lr 1e-4 x 100: per-pixel mean loss instead of Caffe's summed loss.
+  common.sgd(c, 1e-4 * 100, momentum=0.99)
+  common.steps(c, batch_size=20, num_steps=30_000, eval_every=2_000, checkpoint_every=1_000)
+  return common.select(c, variant, 'fcn8s')

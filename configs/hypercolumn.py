@@ -18,25 +18,10 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (320, 320)  # fc6/fc7 in the hypercolumn need >= 193x193
+  common.voc_aug(c, (320, 320))  # fc6/fc7 in the hypercolumn need >= 193x193
   c.model.name = 'hypercolumn'
   c.model.kwargs.layers = ('pool2', 'conv4_3', 'fc7')
-  c.optim.name = 'sgd'
-  c.optim.lr = 1e-3
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'poly'
-  c.train.batch_size = 8
-  c.train.num_steps = 30_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 2_000
-  if variant == 'smoke':
-    return common.smoke(c, size=193)  # the smallest size fc6 (7x7 VALID on pool5) takes
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/hypercolumn.py (known: 'smoke')")
-  return c
+  common.sgd(c, 1e-3)
+  common.steps(c, batch_size=8, num_steps=30_000, eval_every=2_000, checkpoint_every=2_000)
+  # The smoke size is the smallest fc6 (7x7 VALID on pool5) takes.
+  return common.select(c, variant, 'hypercolumn', smoke=lambda c: common.smoke(c, size=193))

@@ -21,35 +21,19 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (473, 473)
-  c.dataset.scale_range = (0.5, 2.0)
-  c.dataset.normalize = 'imagenet'
+  common.voc_aug(c, (473, 473), scale_range=(0.5, 2.0), normalize='imagenet')
   c.model.name = 'pspnet'
   c.model.kwargs.backbone = 'resnet50'
   c.model.kwargs.deep_stem = False
-  c.optim.name = 'sgd'
-  c.optim.lr = 0.01
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 1e-4
-  c.optim.schedule = 'poly'
-  c.optim.power = 0.9
-  c.optim.head_lr_mult = 10.0
-  c.train.batch_size = 16
-  c.train.num_steps = 33_000
+  common.sgd(c, 0.01, weight_decay=1e-4, power=0.9, head_lr_mult=10.0)
+  common.steps(c, batch_size=16, num_steps=33_000, eval_every=3_000, checkpoint_every=1_000)
   c.train.aux_loss_weight = 0.4
-  c.train.eval_every = 3_000
-  c.train.checkpoint_every = 1_000
-  if variant == 'smoke':
-    # PSPNet needs H, W >= 41 (the stride-8 map must hold the 6x6 pyramid bins): 64 is safe.
-    return common.smoke(c, size=64)
-  if variant == 'r101':
-    c.model.kwargs.backbone = 'resnet101'
-    return c
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/pspnet.py (known: 'smoke', 'r101')")
+  # PSPNet needs H, W >= 41 (the stride-8 map must hold the 6x6 pyramid bins): 64 is safe.
+  return common.select(
+    c, variant, 'pspnet', smoke=lambda c: common.smoke(c, size=64), r101=resnet101
+  )
+
+
+def resnet101(c):
+  c.model.kwargs.backbone = 'resnet101'
   return c

@@ -18,33 +18,30 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'synthetic'
-  c.dataset.num_classes = 6
-  c.dataset.synthetic_size = 64
-  c.dataset.crop_size = (64, 64)
-  c.dataset.scale_range = (0.75, 1.25)
-  c.dataset.synthetic_train_examples = 2048
-  c.dataset.synthetic_eval_examples = 128
+  c.dataset.update(
+    dict(
+      name='synthetic',
+      num_classes=6,
+      synthetic_size=64,
+      crop_size=(64, 64),
+      scale_range=(0.75, 1.25),
+      synthetic_train_examples=2048,
+      synthetic_eval_examples=128,
+    )
+  )
   c.model.name = 'unet_padded'
   c.model.kwargs.in_channels = 3
   c.model.kwargs.features = 16
   c.model.kwargs.depth = 3
-  c.optim.name = 'adam'
-  c.optim.lr = 2e-3
-  c.optim.weight_decay = 0.0
-  c.optim.schedule = 'cosine'
-  c.optim.warmup_steps = 30
-  c.train.batch_size = 8
-  c.train.num_steps = 300
+  c.optim.update(dict(name='adam', lr=2e-3, weight_decay=0.0, schedule='cosine', warmup_steps=30))
+  common.steps(c, batch_size=8, num_steps=300, eval_every=0, checkpoint_every=200)
   c.train.log_every = 50
-  c.train.eval_every = 0
-  c.train.checkpoint_every = 200
   c.eval.batch_size = 16
   c.predict.num_images = 4
-  if variant == 'smoke':
-    c = common.smoke(c)
-    c.predict.num_images = 2
-    return c
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/quickstart.py (known: 'smoke')")
+  return common.select(c, variant, 'quickstart', smoke=smoke)
+
+
+def smoke(c):
+  c = common.smoke(c)
+  c.predict.num_images = 2
   return c

@@ -59,44 +59,34 @@ def camvid_class_weights(
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (320, 320)
+  common.voc_aug(c, (320, 320))
   c.model.name = 'segnet'
-  c.optim.name = 'sgd'
-  c.optim.lr = 0.1
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'constant'
-  c.train.batch_size = 12
-  c.train.num_steps = 40_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 2_000
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant == 'camvid':
-    c.dataset.name = 'camvid'
-    c.dataset.config = ''
-    c.dataset.num_classes = len(CAMVID_CLASSES)
-    c.dataset.train_split = 'train'
-    c.dataset.eval_split = 'test'
-    c.dataset.crop_size = (360, 480)
-    c.dataset.scale_range = (1.0, 1.0)
-    c.dataset.eval_size = (360, 480)
-    c.optim.weight_decay = 0.0
-    return c
-  if variant == 'camvid_smoke':
-    # The CamVid recipe's model, loss weighting and optimiser on generated data.
-    c = common.smoke(c)
-    c.train.class_weights = camvid_class_weights(_synthetic_masks(c), c.dataset.num_classes)
-    return c
-  if variant:
-    raise ValueError(
-      f"unknown variant {variant!r} of configs/segnet.py (known: 'smoke', 'camvid', 'camvid_smoke')"
+  common.sgd(c, 0.1, schedule='constant')
+  common.steps(c, batch_size=12, num_steps=40_000, eval_every=2_000, checkpoint_every=2_000)
+  return common.select(c, variant, 'segnet', camvid=camvid, camvid_smoke=camvid_smoke)
+
+
+def camvid(c):
+  c.dataset.update(
+    dict(
+      name='camvid',
+      config='',
+      num_classes=len(CAMVID_CLASSES),
+      train_split='train',
+      eval_split='test',
+      crop_size=(360, 480),
+      scale_range=(1.0, 1.0),
+      eval_size=(360, 480),
     )
+  )
+  c.optim.weight_decay = 0.0
+  return c
+
+
+def camvid_smoke(c):
+  # The CamVid recipe's model, loss weighting and optimiser on generated data.
+  c = common.smoke(c)
+  c.train.class_weights = camvid_class_weights(_synthetic_masks(c), c.dataset.num_classes)
   return c
 
 

@@ -25,30 +25,17 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.in_channels = 3
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (572, 572)  # a valid size: output 388x388
-  c.dataset.eval_size = (572, 572)
+  # A valid size: output 388x388.
+  common.voc_aug(c, (572, 572), in_channels=3, eval_size=(572, 572))
   c.model.name = 'unet'
   c.model.kwargs.in_channels = 3
-  c.optim.name = 'sgd'
-  c.optim.lr = 0.01
-  c.optim.momentum = 0.99
-  c.optim.weight_decay = 0.0
-  c.optim.schedule = 'constant'
-  c.train.batch_size = 1
-  c.train.num_steps = 20_000
-  c.train.eval_every = 2_000
-  c.train.checkpoint_every = 2_000
-  if variant == 'smoke':
-    # 236 is a valid input size of the depth-4 valid U-Net (output 52x52).
-    c = common.smoke(c, size=236)
-    c.dataset.eval_size = (236, 236)
-    return c
-  if variant:
-    raise ValueError(f"unknown variant {variant!r} of configs/unet.py (known: 'smoke')")
+  common.sgd(c, 0.01, momentum=0.99, weight_decay=0.0, schedule='constant')
+  common.steps(c, batch_size=1, num_steps=20_000, eval_every=2_000, checkpoint_every=2_000)
+  return common.select(c, variant, 'unet', smoke=smoke)
+
+
+def smoke(c):
+  # 236 is a valid input size of the depth-4 valid U-Net (output 52x52).
+  c = common.smoke(c, size=236)
+  c.dataset.eval_size = (236, 236)
   return c
