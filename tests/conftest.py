@@ -11,8 +11,58 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 # Set in the environment so the training subprocesses of the tests use it too.
 os.environ.setdefault('JAX_DEFAULT_PRNG_IMPL', 'rbg')
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+
+def n_params(tree) -> int:
+  """Number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
+  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
+
+
+def abstract_init(model, shape):
+  """(variables, output) of `model` on a float32 batch of `shape`, as ShapeDtypeStructs (no compile)."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  return variables, out
+
+
+def train_grads(model, variables, x):
+  """(gradients w.r.t. every parameter, train-mode output) of a nonlinear loss of the output.
+
+  Every non-parameter collection (BatchNorm statistics) is mutable, dropout gets a fixed key.
+  """
+  rest = {k: v for k, v in variables.items() if k != 'params'}
+
+  @jax.jit
+  def run(params, x):
+    def loss(params):
+      out = model.apply(
+        {'params': params, **rest},
+        x,
+        train=True,
+        mutable=list(rest) or False,
+        rngs={'dropout': jax.random.key(2)},
+      )
+      out = out[0] if rest else out
+      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
+
+    return jax.grad(loss, has_aux=True)(params)
+
+  return run(variables['params'], x)
+
+
+def assert_gradients_everywhere(grads, out):
+  """The output is finite and every parameter gets a finite, non-zero gradient."""
+  assert bool(jnp.all(jnp.isfinite(out)))
+  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  assert flat
+  for path, g in flat:
+    name = jax.tree_util.keystr(path)
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, name
 
 
 def rel_err(a, b) -> float:

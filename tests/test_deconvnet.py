@@ -4,20 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  abstract_init,
+  assert_gradients_everywhere,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  train_grads,
+)
 
 import jaxseg
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
-
-
-def abstract_init(model, shape):
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return variables, out
 
 
 def test_param_count_and_shapes():
@@ -107,25 +105,9 @@ def test_gradients_reach_every_parameter(tiny):
   _, model, variables = tiny
   x = jax.random.normal(jax.random.key(0), (2, 224, 224, 3))
 
-  @jax.jit
-  def grads_and_out(params):
-    def loss(params):
-      out, _ = model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']},
-        x,
-        train=True,
-        mutable=['batch_stats'],
-      )
-      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
-
-    return jax.grad(loss, has_aux=True)(params)
-
-  grads, out = grads_and_out(variables['params'])
-  assert out.shape == (2, 224, 224, 4) and bool(jnp.all(jnp.isfinite(out)))
-  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
-      path
-    )
+  grads, out = train_grads(model, variables, x)
+  assert out.shape == (2, 224, 224, 4)
+  assert_gradients_everywhere(grads, out)
 
 
 def test_bad_inputs():

@@ -4,13 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
 
 import jaxseg
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 def test_param_count_and_shapes():

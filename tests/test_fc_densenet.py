@@ -4,7 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  assert_gradients_everywhere,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  train_grads,
+)
 
 import jaxseg
 
@@ -14,10 +22,6 @@ COUNTS = {
   'fc_densenet67': (3_463_243, 3_502_923),
   'fc_densenet103': (9_322_091, 9_425_163),
 }
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 @pytest.mark.parametrize('name', sorted(COUNTS))
@@ -89,26 +93,9 @@ def test_gradients_reach_every_parameter():
   x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3))
   variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
 
-  @jax.jit
-  def grads_and_out(params):
-    def loss(params):
-      out, _ = model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']},
-        x,
-        train=True,
-        mutable=['batch_stats'],
-        rngs={'dropout': jax.random.key(2)},
-      )
-      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
-
-    return jax.grad(loss, has_aux=True)(params)
-
-  grads, out = grads_and_out(variables['params'])
-  assert out.shape == (2, 9, 11, 3) and bool(jnp.all(jnp.isfinite(out)))
-  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
-      path
-    )
+  grads, out = train_grads(model, variables, x)
+  assert out.shape == (2, 9, 11, 3)
+  assert_gradients_everywhere(grads, out)
 
 
 def test_bad_inputs():

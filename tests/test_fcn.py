@@ -4,15 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
 
 import jaxseg
-from conftest import rel_err, randomize_torch, to_nchw, to_nhwc
 
 COUNTS = {'fcn32s': 136_152_917, 'fcn16s': 134_815_994, 'fcn8s': 134_489_759}
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 @pytest.mark.parametrize('name', sorted(COUNTS))

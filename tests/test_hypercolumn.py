@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_gradients_everywhere, n_params, train_grads
 
 import jaxseg
 from jaxseg.backbones.vgg import VGG16
@@ -16,10 +17,6 @@ from jaxseg.ops import resize_bilinear
 # VGG16 convolutions 14,714,688 + fc6 102,764,544 + fc7 16,781,312
 # + 1x1 score layers on pool2 (128 ch), conv4_3 (512) and fc7 (4096), 21 classes each.
 COUNT_21 = 14_714_688 + 102_764_544 + 16_781_312 + (128 + 512 + 4096) * 21 + 3 * 21
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 def test_param_count_and_shapes():
@@ -65,20 +62,9 @@ def test_gradients_reach_every_parameter():
   x = jax.random.normal(jax.random.key(0), (2, 193, 195, 3))
   variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
 
-  @jax.jit
-  def grads_and_out(params):
-    def loss(params):
-      out = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(2)})
-      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
-
-    return jax.grad(loss, has_aux=True)(params)
-
-  grads, out = grads_and_out(variables['params'])
-  assert out.shape == (2, 193, 195, 3) and bool(jnp.all(jnp.isfinite(out)))
-  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
-      path
-    )
+  grads, out = train_grads(model, variables, x)
+  assert out.shape == (2, 193, 195, 3)
+  assert_gradients_everywhere(grads, out)
 
 
 def test_bad_inputs():

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
 from test_torchvision_seg import assert_running_stats_close
 
 import jaxseg
@@ -15,10 +15,6 @@ from jaxseg.backbones.mobilenet_v2 import MobileNetV2
 # torchvision's mobilenet_v2 has 3,504,872 parameters, 1,281,000 of them in the ImageNet classifier.
 COUNT = 3_504_872 - (1280 * 1000 + 1000)
 RETURNED = (3, 6, 13, 17, 18)
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 def torch_features(ref, x):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
 
 import jaxseg
 from jaxseg.ops.adaptive_pool import adaptive_avg_pool
@@ -12,10 +12,6 @@ from jaxseg.weights.core import flat_key_map, get_layout
 
 COUNTS = {('resnet50', False): 46_592_597, ('resnet50', True): 46_592_597 + 2_365_205}
 COUNTS[('resnet101', False)] = 46_592_597 + (44_549_160 - 25_557_032)
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 @pytest.mark.parametrize('backbone,aux', sorted(COUNTS))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
 
 import jaxseg
 from jaxseg.backbones.resnet import ResNet
@@ -18,10 +18,6 @@ COUNTS = {'resnet50': 25_557_032 - FC, 'resnet101': 44_549_160 - FC}
 # and layer1.0's conv1 and downsample now read 128 instead of 64 channels.
 DEEP_STEM_DELTA = (27 * 64 + 128 + 576 * 64 + 128 + 576 * 128 + 256) - (147 * 64 + 128) + 64 * 64 + 64 * 256
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 def torch_features(ref, x):

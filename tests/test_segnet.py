@@ -4,20 +4,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  abstract_init,
+  assert_gradients_everywhere,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  train_grads,
+)
 
 import jaxseg
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
-
-
-def abstract_init(model, shape):
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return variables, out
 
 
 @pytest.mark.parametrize(
@@ -162,27 +160,9 @@ def test_gradients_reach_every_parameter(name, tiny):
     )
   x = jax.random.normal(jax.random.key(0), (2, 19, 22, 3))
 
-  @jax.jit
-  def grads_and_out(params):
-    def loss(params):
-      out, _ = model.apply(
-        {'params': params, 'batch_stats': variables['batch_stats']},
-        x,
-        train=True,
-        mutable=['batch_stats'],
-      )
-      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
-
-    return jax.grad(loss, has_aux=True)(params)
-
-  grads, out = grads_and_out(variables['params'])
-  assert out.shape == (2, 19, 22, 3) and bool(jnp.all(jnp.isfinite(out)))
-  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-  assert flat
-  for path, g in flat:
-    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
-      path
-    )
+  grads, out = train_grads(model, variables, x)
+  assert out.shape == (2, 19, 22, 3)
+  assert_gradients_everywhere(grads, out)
 
 
 def test_bad_inputs():

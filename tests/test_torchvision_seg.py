@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
 
 import jaxseg
 
@@ -20,10 +20,6 @@ COUNTS = {
   ('deeplabv3_resnet101', False): 58_630_997,
   ('deeplabv3_resnet101', True): 60_996_202,
 }
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 @pytest.mark.parametrize('name,aux', sorted(COUNTS))

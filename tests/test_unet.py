@@ -4,21 +4,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  abstract_init,
+  assert_gradients_everywhere,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  train_grads,
+)
 
 import jaxseg
 from jaxseg.models.unet import valid_input_sizes, valid_output_size
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
-
-
-def abstract_init(model, shape):
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
-  return variables, out
 
 
 def test_valid_unet_count_and_paper_sizes():
@@ -99,26 +97,9 @@ def test_gradients_reach_every_parameter(name, size):
   x = jax.random.normal(jax.random.key(0), (2, *size, 1))
   variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
 
-  @jax.jit
-  def grads_and_out(params):
-    def loss(params):
-      out, _ = model.apply(
-        {'params': params, **{k: v for k, v in variables.items() if k != 'params'}},
-        x,
-        train=True,
-        mutable=['batch_stats'],
-        rngs={'dropout': jax.random.key(2)},
-      )
-      return jnp.mean(jax.nn.log_softmax(out)[..., 0] ** 2), out
-
-    return jax.grad(loss, has_aux=True)(params)
-
-  grads, out = grads_and_out(variables['params'])
-  assert out.shape == (2, *model.output_size(size), 3) and bool(jnp.all(jnp.isfinite(out)))
-  for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, jax.tree_util.keystr(
-      path
-    )
+  grads, out = train_grads(model, variables, x)
+  assert out.shape == (2, *model.output_size(size), 3)
+  assert_gradients_everywhere(grads, out)
 
 
 def test_bad_inputs():
