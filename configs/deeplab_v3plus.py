@@ -13,8 +13,10 @@ encoder pretrained on ImageNet AND COCO; starting from ImageNet alone
 expect a few points less.
 
 Needs the prepared VOC dataset (see README, "Datasets"); encoder weights via
-`--config.model.backbone_weights=...` in the 'xception65' layout (Flax names
-joined with dots; there is no torchvision Xception).
+`--config.model.backbone_weights=...` in the 'xception65' layout
+(jfzhang95/pytorch-deeplab-xception's `AlignedXception` keys; there is no
+torchvision Xception). Weights trained with that implementation compute as
+there only with `c.model.kwargs.backbone_kwargs = {'variant': 'jfzhang95'}`.
 """
 
 from configs import common

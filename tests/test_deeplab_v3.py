@@ -151,3 +151,76 @@ def test_bad_inputs():
     init(jaxseg.create_model('deeplab_v3plus', num_classes=2, backbone='vgg16'))
   with pytest.raises(ValueError, match="DeepLabV3 backbone must be 'resnet50' or 'resnet101'"):
     init(jaxseg.create_model('deeplab_v3', num_classes=2, backbone='xception65'))
+
+
+JF_XCEPTION = dict(
+  backbone='xception65',
+  backbone_kwargs={'variant': 'jfzhang95'},
+  **{k: v for k, v in JF.items() if k != 'backbone'},
+)
+
+
+def test_param_counts_xception_jfzhang95_layout(torch_module):
+  from torch_ref.xception import DeepLabV3PlusXception
+
+  # Plain ASPP (1x1, three 3x3, pooling, projection + BNs) and decoder (two 3x3 + BNs); its decoder
+  # reduces 128 stride-4 channels (relu(block1)), the paper variant's 256.
+  plain_head = (
+    2048 * 256
+    + 3 * 9 * 2048 * 256
+    + 2048 * 256
+    + 1280 * 256
+    + 6 * 2 * 256
+    + 304 * 256 * 9
+    + 256 * 256 * 9
+    + 4 * 256
+  )
+  for variant, low, total in (('jfzhang95', 128, 54_705_317), ('paper', 256, 54_711_461)):
+    ref = DeepLabV3PlusXception(21, variant=variant)
+    kwargs = dict(JF_XCEPTION, backbone_kwargs={'variant': variant})
+    expected = xception65_count() + plain_head + low * 48 + 2 * 48 + 256 * 21 + 21
+    assert (
+      count('deeplab_v3plus', num_classes=21, **kwargs)
+      == sum(p.numel() for p in ref.parameters())
+      == expected
+      == total
+    )
+
+
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_parity_deeplab_v3plus_xception_jfzhang95_layout(torch_module, output_stride):
+  """jfzhang95's DeepLab(backbone='xception'): its keys and its computation (variant='jfzhang95')."""
+  torch = torch_module
+  from torch_ref.xception import DeepLabV3PlusXception
+
+  ref = randomize_torch(DeepLabV3PlusXception(4, output_stride, 'jfzhang95'), seed=9).eval()
+  kwargs = dict(JF_XCEPTION, output_stride=output_stride)
+  variables = jaxseg.weights.from_torch('deeplab_v3plus', ref.state_dict(), **kwargs)
+  model = jaxseg.create_model('deeplab_v3plus', num_classes=4, **kwargs)
+  x = np.random.default_rng(3).standard_normal((1, 65, 71, 3)).astype(np.float32)
+  with torch.no_grad():
+    xt = torch.from_numpy(to_nchw(x))
+    expected = to_nhwc(ref(xt).numpy())
+    out, low = (to_nhwc(t.numpy()) for t in ref.backbone(xt))
+
+  def apply(variables, x):
+    is_backbone = lambda mdl, method: mdl.name == 'backbone' and method == '__call__'
+    return model.apply(
+      variables, x, train=False, capture_intermediates=is_backbone, mutable=['intermediates']
+    )
+
+  got, state = jax.jit(apply)(variables, x)
+  (feats,) = state['intermediates']['backbone']['__call__']
+  assert feats['low_level'].shape == low.shape == (1, 17, 18, 128)
+  assert feats['out'].shape == out.shape == (1, *((5, 5) if output_stride == 16 else (9, 9)), 2048)
+  assert rel_err(feats['low_level'], low) < 1e-4
+  assert rel_err(feats['out'], out) < 1e-4
+  assert got.shape == expected.shape == (1, 65, 71, 4)
+  assert rel_err(got, expected) < 1e-4
+
+  exported = jaxseg.weights.to_torch('deeplab_v3plus', variables)
+  sd = ref.state_dict()
+  assert set(exported) == set(sd)
+  assert all(
+    np.array_equal(exported[k], sd[k].numpy()) for k in sd if not k.endswith('num_batches_tracked')
+  )

@@ -3,8 +3,10 @@
 * fcn_resnet50/101, deeplabv3_resnet50/101: torchvision's own keys.
 * deeplab_v3: torchvision's backbone and ASPP keys; the 1x1 classifier is `classifier.1`.
 * deeplab_v3plus: jfzhang95/pytorch-deeplab-xception (`DeepLab(backbone=...)`); its ResNet
-  encoder has torchvision's keys; the xception65 / mobilenet_v2 encoders use jaxseg's
-  backbone layouts (`backbone.` + their key functions).
+  encoder has torchvision's keys, its Xception encoder that repository's `AlignedXception`
+  keys (`xception_key_fn`); the mobilenet_v2 encoder uses torchvision's MobileNetV2 keys
+  (`backbone.` + the backbone's key function).
+* xception65 (backbone): jfzhang95's `AlignedXception` keys (`xception_key_fn`).
 """
 
 from __future__ import annotations
@@ -27,9 +29,48 @@ def _encoder_key(path: tuple[str, ...]) -> str:
   return resnet_key_fn(path)
 
 
+_XCEPTION_SEP = {'depthwise': 'conv1', 'depthwise_bn': 'bn', 'pointwise': 'pointwise'}
+_XCEPTION_MIDDLE = 16  # jfzhang95's middle flow: block4..block19; exit block1 is block20
+
+
 def xception_key_fn(path: tuple[str, ...]) -> str:
-  """Xception-65 Flax names are PyTorch-style already: joined with dots."""
-  return '.'.join(path)
+  """Xception path -> jfzhang95/pytorch-deeplab-xception's `AlignedXception` key.
+
+  ('entry_flow', 'conv1', 'bn') -> 'bn1'; ('middle_flow', 'block1', 'sepconv2', 'depthwise') ->
+  'block4.rep.4.conv1'; ('exit_flow', 'block2', 'sepconv1', 'pointwise_bn') -> 'bn3'. A block's
+  `rep` is [ReLU,] SeparableConv2d, BatchNorm2d, ReLU, ... with no leading ReLU in entry blocks 1-2.
+  """
+  flow, block, *rest = path
+  if flow == 'entry_flow' and block in ('conv1', 'conv2'):
+    return {'conv': block, 'bn': 'bn' + block[-1]}[rest[0]]
+  k = int(block[len('block') :])
+  if flow == 'exit_flow' and k == 2:  # conv3..conv5 (SeparableConv2d) + bn3..bn5
+    sep, part = rest
+    i = int(sep[len('sepconv') :]) + 2
+    return f'bn{i}' if part == 'pointwise_bn' else f'conv{i}.{_XCEPTION_SEP[part]}'
+  if flow == 'middle_flow' and not 1 <= k <= _XCEPTION_MIDDLE:
+    raise ValueError(
+      f'the jfzhang95 Xception layout has {_XCEPTION_MIDDLE} middle-flow blocks, got {"/".join(path)}'
+    )
+  n = {'entry_flow': k, 'middle_flow': 3 + k, 'exit_flow': 20}[flow]
+  if rest[0] in ('shortcut', 'shortcut_bn'):
+    return f'block{n}.' + {'shortcut': 'skip', 'shortcut_bn': 'skipbn'}[rest[0]]
+  sep, part = rest
+  index = 3 * (int(sep[len('sepconv') :]) - 1) + (0 if flow == 'entry_flow' and k <= 2 else 1)
+  if part == 'pointwise_bn':
+    return f'block{n}.rep.{index + 1}'
+  return f'block{n}.rep.{index}.{_XCEPTION_SEP[part]}'
+
+
+register_layout(
+  'xception65',
+  Layout(
+    key_fn=xception_key_fn,
+    kind='backbone',
+    input_shape=(1, 64, 64, 3),
+    description='jfzhang95/pytorch-deeplab-xception modeling/backbone/xception.py (AlignedXception)',
+  ),
+)
 
 
 def torchvision_aspp_key(path: tuple[str, ...], n_rates: int = 3) -> str:
