@@ -31,8 +31,11 @@ the most widely used PyTorch DeepLabv3+): `backbone.*`, `aspp.aspp{1..4}.
 `decoder.conv1`, `decoder.bn1`, `decoder.last_conv.{0,1,4,5,8}`. That port uses
 plain (not separable) 3x3 convs in ASPP and decoder, dropout 0.5 after ASPP
 and 0.5 / 0.1 in the decoder: `deeplab_v3plus(separable=False,
-aspp_dropout=0.5, decoder_dropout=(0.5, 0.1))` is that network, with a ResNet-101
-encoder at output stride 16 identical to its backbone. With `separable=True`
+aspp_dropout=0.5, decoder_dropout=(0.5, 0.1))` is that network: with a ResNet
+encoder (`backbone='resnet101'`, at output stride 16 or 8) identical to its
+backbone, and with its Xception-65 (`backbone_kwargs={'variant': 'jfzhang95'}`,
+which reproduces that port's departures from the TF reference; see
+`jaxseg.backbones.xception`). With `separable=True`
 the separable convs' parts are keyed `<module>.{depthwise,depthwise_bn,
 pointwise,pointwise_bn}` (a jaxseg extension of that layout).
 
