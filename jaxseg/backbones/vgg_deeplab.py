@@ -13,9 +13,10 @@ the Caffe prototxts and torchvision's `features.N` via `jaxseg.weights`):
 * `vgg16_dilated` -- the front-end of Yu & Koltun ("Multi-Scale Context
   Aggregation by Dilated Convolutions", ICLR 2016): VGG-16 with pool4 and pool5
   removed, conv5_x dilated by 2; pool1-pool3 stay 2x2/2 (ceil rounding as in
-  Caffe). The reference front-end uses unpadded convolutions on a
-  reflection-padded input; here convolutions are zero-padded to keep the size,
-  which gives the same receptive field and stride.
+  Caffe). `padding='same'` zero-pads every convolution to keep its size;
+  `padding='valid'` runs them unpadded as the reference front-end does (on an
+  input that `jaxseg.models.dilatednet` reflection-pads by 186 pixels), which
+  needs H, W >= 181.
 
 Returned features: `conv1_2` ... `conv5_3` and `pool1` ... `pool3` (strides 2,
 4, 8), and `out` (stride 8, what the heads read: `pool5a` for DeepLab, `conv5_3`
@@ -67,11 +68,13 @@ class VGG16Dense(nn.Module):
     style: 'deeplab' (3x3 pools with padding, pool4/pool5 stride 1, pool5a) or
       'dilated' (Yu & Koltun front-end: 2x2 pools 1-3, no pool4/pool5).
     width: channel multiplier (1.0 = VGG-16; smaller values only for fast tests).
+    padding: 'same' (zero-padded convolutions) or 'valid' (unpadded; 'dilated' style only).
     dtype: computation dtype.
   """
 
   style: str = 'deeplab'
   width: float = 1.0
+  padding: str = 'same'
   dtype: Any = None
 
   @nn.compact
@@ -79,14 +82,23 @@ class VGG16Dense(nn.Module):
     del train  # no BatchNorm / dropout in the convolutional part
     if self.style not in ('deeplab', 'dilated'):
       raise ValueError(f"VGG16Dense style must be 'deeplab' or 'dilated', got {self.style!r}.")
-    layers.check_image_batch(x, f'VGG16 ({self.style})', channels=3, min_size=8)
+    valid = self.padding == 'valid'
+    if self.padding not in ('same', 'valid') or (valid and self.style != 'dilated'):
+      raise ValueError(
+        f"VGG16Dense padding must be 'same', or 'valid' with style 'dilated', got "
+        f'{self.padding!r} with style {self.style!r}.'
+      )
+    # Unpadded: 181 -> 177 -> 89 -> 85 -> 43 -> 37 -> 19 -> 13 -> 1 (conv1, pool1, ..., conv5).
+    min_size = 181 if valid else 8
+    layers.check_image_batch(x, f'VGG16 ({self.style})', channels=3, min_size=min_size)
     feats = {}
     for stage, n_convs, ch in VGG16_STAGES:
       ch = max(1, int(round(ch * self.width)))
       dilation = 2 if stage == 5 else 1
+      pad = 0 if valid else dilation
       for i in range(1, n_convs + 1):
         conv = layers.Conv2d(
-          ch, 3, padding=dilation, dilation=dilation, dtype=self.dtype, name=f'conv{stage}_{i}'
+          ch, 3, padding=pad, dilation=dilation, dtype=self.dtype, name=f'conv{stage}_{i}'
         )
         x = nn.relu(conv(x))
       feats[f'conv{stage}_{n_convs}'] = x
