@@ -4,11 +4,24 @@ Run:    python -m train.main --config configs/dilatednet.py --workdir runs/dilat
 Smoke:  python -m train.main --config configs/dilatednet.py:smoke --workdir /tmp/dilatednet_smoke
 Variants: `:front` (front-end only), `:basic` (basic context module).
 
+Geometry (`model.kwargs.padding`): 'reflect_valid' (default) is the reference
+code's: each image is reflection-padded by 186 pixels, the front-end runs
+unpadded convolutions down to a ceil(H/8) x ceil(W/8) score map, the large
+context module zero-pads its input once by 33, and the scores are zoomed x8
+as fyu/dilation's `interp_map` does; with the same weights it matches the
+PyTorch transcription in tests/torch_ref/dilatednet.py within 1e-4. 'same'
+(`--config.model.kwargs.padding=same`) zero-pads every convolution instead:
+same parameters, strides and receptive fields, different values near the
+border, and cheaper (no 2 x 186-pixel margin).
+
 Paper recipe (front-end): VGG-16 from ImageNet, SGD momentum 0.9, lr 1e-3,
 mini-batch 14, 60K iterations (the paper then trains the context module on
 the front-end's outputs and finally jointly; here the whole network is
 trained end-to-end with the identity-initialised context module).
-Caffe BGR mean subtraction.
+Caffe BGR mean subtraction. The reference trains on 500 x 500 windows of the
+reflection-padded image, so only their central 128 x 128 pixels carry labels
+(sampled at stride 8); here a 500 x 500 crop is labelled everywhere and the
+model adds the 186-pixel margin itself (an 872 x 872 network input).
 Paper result (VOC 2012 test): front-end 67.6 mIoU; front-end + large context
 + CRF-RNN with MS-COCO training 75.3.
 
@@ -29,6 +42,7 @@ def get_config(variant: str = ''):
   c.dataset.normalize = 'caffe'
   c.model.name = 'dilatednet'
   c.model.kwargs.context = 'large'
+  c.model.kwargs.padding = 'reflect_valid'
   c.optim.name = 'sgd'
   c.optim.lr = 1e-3
   c.optim.momentum = 0.9

@@ -4,9 +4,13 @@
   keys (ImageNet initialisation; the classifier is ignored).
 * `deeplab_v1`: the DeepLab-LargeFOV Caffe layer names as top-level modules:
   `conv1_1` ... `conv5_3`, `fc6`, `fc7`, `fc8` (tests/torch_ref/deeplab_v1.py).
-* `dilatednet`: Yu & Koltun's Caffe names: `conv1_1` ... `conv5_3`, `fc6`, `fc7`,
-  `final`, and for the context module `ctx_conv1_1`, `ctx_conv1_2`, `ctx_conv2_1`,
-  `ctx_conv3_1`, `ctx_conv4_1`, `ctx_conv5_1`, `ctx_fc1`, `ctx_final`.
+* `dilatednet`: Yu & Koltun's Caffe names as fyu/dilation's `network.py` writes
+  them: `conv1_1` ... `conv5_3`, `fc6`, `fc7`, `final`, and for the context
+  module `ctx_conv1_1`, `ctx_conv1_2`, `ctx_conv2_1`, `ctx_conv3_1`,
+  `ctx_conv4_1`, `ctx_conv5_1`, `ctx_fc1`, `ctx_final` as top-level modules
+  (tests/torch_ref/dilatednet.py). Both paddings ('reflect_valid', 'same') hold
+  the same variables; the released Dilation8 VOC net names its classifier
+  `fc-final` and its context layers `ct_*`, which need renaming first.
 * `deeplab_v2`: `backbone.<torchvision resnet101 key>` and the ASPP classifier
   branches `aspp.c0` ... `aspp.c3` (the layout of kazuto1011/deeplab-pytorch's
   `_ASPP`, on a torchvision backbone).
