@@ -33,32 +33,20 @@ from configs import common
 
 def get_config(variant: str = ''):
   c = common.base_config()
-  c.dataset.name = 'voc'
-  c.dataset.config = '2012_aug'
-  c.dataset.num_classes = 21
-  c.dataset.train_split = 'train_aug'
-  c.dataset.eval_split = 'val'
-  c.dataset.crop_size = (500, 500)
-  c.dataset.normalize = 'caffe'
+  common.voc_aug(c, (500, 500), normalize='caffe')
   c.model.name = 'dilatednet'
   c.model.kwargs.context = 'large'
   c.model.kwargs.padding = 'reflect_valid'
-  c.optim.name = 'sgd'
-  c.optim.lr = 1e-3
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'constant'
-  c.train.batch_size = 14
-  c.train.num_steps = 60_000
-  c.train.eval_every = 5_000
-  c.train.checkpoint_every = 2_000
-  if variant == 'smoke':
-    return common.smoke(c)
-  if variant in ('front', 'basic'):
-    c.model.kwargs.context = None if variant == 'front' else 'basic'
-    return c
-  if variant:
-    raise ValueError(
-      f"unknown variant {variant!r} of configs/dilatednet.py (known: 'smoke', 'front', 'basic')"
-    )
+  common.sgd(c, 1e-3, schedule='constant')
+  common.steps(c, batch_size=14, num_steps=60_000, eval_every=5_000, checkpoint_every=2_000)
+  return common.select(c, variant, 'dilatednet', front=front_end, basic=basic_context)
+
+
+def front_end(c):
+  c.model.kwargs.context = None
+  return c
+
+
+def basic_context(c):
+  c.model.kwargs.context = 'basic'
   return c
