@@ -46,10 +46,11 @@ DEFAULTS: dict[str, tuple[int, tuple[int, int], int]] = {
   'fcn32s': (2, (128, 128), 21),
   'segnet': (2, (128, 128), 11),
   'segnet_basic': (2, (128, 128), 11),
-  'deconvnet': (1, (224, 224), 21),
-  'unet': (1, (188, 188), 2),
+  'deconvnet': (2, (224, 224), 21),  # train-mode BN on fc6's 1x1 map needs a batch > 1
+  'unet': (1, (572, 572), 2),  # the paper's tile (388x388 output)
   'unet_padded': (1, (128, 128), 2),
   'deeplab_v1': (2, (128, 128), 21),
+  'hypercolumn': (2, (224, 224), 21),  # fc6 needs inputs >= 193
   'fc_densenet56': (2, (128, 128), 11),
   'fc_densenet67': (2, (128, 128), 11),
   'fc_densenet103': (1, (128, 128), 11),
@@ -223,6 +224,7 @@ def bench_jax(
     'batch': batch,
     'input_shape': list(spec.shape),
     'output_shape': list(main_shape),
+    'params': int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(params))),
   }
 
   with RSSSampler() as mem:
@@ -307,7 +309,7 @@ def bench_torch(
     with torch.no_grad():
       return model(x)
 
-  result: dict[str, Any] = {}
+  result: dict[str, Any] = {'params': int(sum(p.numel() for p in model.parameters()))}
   with RSSSampler() as mem:
     step()
     result['train_s'], result['train_times'] = _median_time(step, reps)
@@ -434,6 +436,11 @@ def run_models(args) -> dict[str, Any]:
         row['torch_error'] = f'{type(e).__name__}: {e}'[:300]
       if t:
         row['torch'] = t
+        if t['params'] != j['params']:  # not the same architecture: say so loudly
+          row['torch_params_mismatch'] = True
+          print(
+            f'{name}: WARNING torch counterpart has {t["params"]} parameters, JAX {j["params"]}'
+          )
         row['train_ratio'] = j['train_img_s'] / t['train_img_s']
         row['infer_ratio'] = j['infer_img_s'] / t['infer_img_s']
     report['models'].append(row)

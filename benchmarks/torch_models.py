@@ -6,6 +6,10 @@ where there is none. The parity references in tests/torch_ref are reused, so
 the benchmark times exactly the architectures the parity tests compare
 against; torchvision supplies the ResNet-based models. Memory format stays
 PyTorch's default (NCHW, contiguous), as a user would run it.
+
+No counterpart: `deeplab_v3plus` (its default Xception-65 with separable
+convolutions has no PyTorch twin here; tests/torch_ref/deeplab_v3plus.py is the
+ResNet variant), `hypercolumn`, `dilatednet`.
 """
 
 from __future__ import annotations
@@ -58,6 +62,49 @@ def _pspnet(num_classes):
   return _ref('pspnet').PSPNet(classes=num_classes)
 
 
+def _deeplab_v2(num_classes, depth=101):
+  """jaxseg's deeplab_v2: torchvision ResNet at output stride 8 + ASPP-L (four summed 3x3 atrous convs)."""
+  import torch
+  import torchvision
+  from torch import nn
+
+  class DeepLabV2(nn.Module):
+    def __init__(self):
+      super().__init__()
+      resnet = getattr(torchvision.models, f'resnet{depth}')(
+        weights=None, replace_stride_with_dilation=[False, True, True]
+      )
+      del resnet.fc
+      self.backbone = resnet
+      self.aspp = nn.ModuleList(
+        nn.Conv2d(2048, num_classes, 3, padding=r, dilation=r) for r in (6, 12, 18, 24)
+      )
+
+    def forward(self, x):
+      b = self.backbone
+      h = b.layer4(b.layer3(b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))))
+      out = torch.stack([c(h) for c in self.aspp]).sum(0)
+      return nn.functional.interpolate(out, x.shape[2:], mode='bilinear', align_corners=True)
+
+  return DeepLabV2()
+
+
+def _deeplab_v3(num_classes, depth=101):
+  """jaxseg's deeplab_v3: ResNet at output stride 16, multi-grid (1, 2, 4) + torchvision's ASPP + 1x1."""
+  import torch
+  import torchvision
+  from torchvision.models._utils import IntermediateLayerGetter
+  from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
+
+  resnet = getattr(torchvision.models, f'resnet{depth}')(
+    weights=None, replace_stride_with_dilation=[False, False, True]
+  )
+  for block, rate in zip(resnet.layer4, (2, 4, 8), strict=True):
+    block.conv2.dilation = block.conv2.padding = (rate, rate)
+  head = torch.nn.Sequential(ASPP(2048, [6, 12, 18]), torch.nn.Conv2d(256, num_classes, 1))
+  return DeepLabV3(IntermediateLayerGetter(resnet, {'layer4': 'out'}), head)
+
+
 def _torchvision_seg(fn_name, num_classes):
   from torchvision.models import segmentation
 
@@ -80,6 +127,8 @@ BUILDERS: dict[str, Callable[[int], object]] = {
   'fc_densenet67': functools.partial(_fc_densenet, 67),
   'fc_densenet103': functools.partial(_fc_densenet, 103),
   'pspnet': _pspnet,
+  'deeplab_v2': _deeplab_v2,
+  'deeplab_v3': _deeplab_v3,
   'deeplabv3_resnet50': functools.partial(_torchvision_seg, 'deeplabv3_resnet50'),
   'deeplabv3_resnet101': functools.partial(_torchvision_seg, 'deeplabv3_resnet101'),
   'fcn_resnet50': functools.partial(_torchvision_seg, 'fcn_resnet50'),

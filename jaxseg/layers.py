@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -42,7 +43,10 @@ def _padding(padding, kernel, dilation) -> str | list[tuple[int, int]]:
       raise ValueError(f"padding must be an int, pairs, 'SAME' or 'VALID', got {padding!r}")
     if padding == 'SAME':
       # PyTorch-style symmetric "same" for stride 1 (odd effective kernels).
-      return [((d * (k - 1)) // 2, d * (k - 1) - (d * (k - 1)) // 2) for k, d in zip(kernel, dilation)]
+      return [
+        ((d * (k - 1)) // 2, d * (k - 1) - (d * (k - 1)) // 2)
+        for k, d in zip(kernel, dilation, strict=True)
+      ]
     return 'VALID'
   if isinstance(padding, int):
     return [(padding, padding), (padding, padding)]
@@ -57,7 +61,9 @@ def bilinear_kernel(kernel_size: int) -> np.ndarray:
   factor = (kernel_size + 1) // 2
   center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
   og = np.ogrid[:kernel_size, :kernel_size]
-  return ((1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)).astype(np.float32)
+  return ((1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)).astype(
+    np.float32
+  )
 
 
 def bilinear_init(key, shape, dtype=jnp.float32):
@@ -74,28 +80,107 @@ def bilinear_init(key, shape, dtype=jnp.float32):
 
 
 # ---------------------------------------------------------------------------
-# Convolution lowerings.
+# XLA:CPU settings and convolution lowerings.
 #
-# XLA:CPU has training-step cliffs in its convolution gradients: the input
-# gradient of FCN's fc6 (7x7 VALID, 512 -> 4096 on an 11x11 map) takes ~20 s
-# where the same contraction written as shifted slices feeding one matmul
-# takes ~0.3 s, and kernel gradients of wide 3x3 convolutions run at a
-# fraction of GEMM speed. On CPU, `Conv2d` and `ConvTranspose2d` therefore
+# jaxlib 0.10's XLA:CPU hands dots, convolutions and reductions to YNNPACK by
+# default. Its convolution gradients are the training-step cliff on CPU: the
+# kernel gradient of a 3x3 convolution runs at 25-70 GFLOP/s (2.5-5x slower
+# than XLA's Eigen path for the same op), and a 2048^3 float32 GEMM is ~20%
+# slower than Eigen's on this CPU. `configure_xla_cpu()` (run when jaxseg is
+# imported, before JAX starts its backend) therefore sets
+# `--xla_cpu_experimental_ynn_fusion_type=reduce` in XLA_FLAGS: dots and
+# convolutions go to Eigen, reductions stay with YNNPACK, whose float32 sums
+# are the more accurate (XLA's own loop reductions doubled the error of
+# train-mode BatchNorm statistics against a float64 reference).
+#
+# Independently of that flag, XLA:CPU (Eigen and YNNPACK alike) has cliffs
+# that a lowering avoids: the input gradient of FCN's fc6 (7x7 VALID,
+# 512 -> 4096 on an 11x11 map) takes ~15-20 s where the same contraction as
+# shifted slices feeding one matmul takes ~0.3 s; the kernel gradient of a
+# convolution whose padding exceeds its kernel (FCN's conv1_1, padded by 100)
+# is 3-8x slower than that of an explicitly padded VALID convolution; and
+# transposed convolutions lowered as convolutions of a stride-dilated input
+# multiply mostly zeros. On CPU, `Conv2d` and `ConvTranspose2d` therefore
 # lower to slices + one GEMM (+ overlap-add for transposed convolutions),
-# whose autodiff transposes are again slices, pads and GEMMs. The decision is
-# taken at trace time from `jax.default_backend()`; GPU/TPU keep the plain
-# `lax.conv_general_dilated` lowering, which their compilers handle well.
-# benchmarks/README.md has the measurements behind each threshold.
+# whose autodiff transposes are again slices, pads and GEMMs, where that is
+# faster. The decision is taken at trace time from `jax.default_backend()`;
+# GPU/TPU keep the plain `lax.conv_general_dilated` lowering, which their
+# compilers handle well. benchmarks/README.md has the measurements behind
+# each threshold.
 # ---------------------------------------------------------------------------
+
+_YNN_FLAG = 'xla_cpu_experimental_ynn_fusion_type'
+_YNN_VALUE = 'reduce'  # YNNPACK for reductions only
+# jaxlib versions on which the flag was verified to exist (XLA aborts on unknown flags).
+_YNN_FLAG_JAXLIB = ((0, 10), (0, 12))
+_OPT_OUT_ENV = 'JAXSEG_KEEP_XLA_FLAGS'
+
+
+def _xla_flag_value(name: str) -> str | None:
+  """Value of the last `--name=value` in XLA_FLAGS (None if the flag is not given)."""
+  value = None
+  for token in os.environ.get('XLA_FLAGS', '').split():
+    if token.startswith(f'--{name}='):
+      value = token.split('=', 1)[1]
+    elif token == f'--{name}':
+      value = ''
+  return value
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+  try:
+    import jaxlib.version
+
+    return tuple(int(p) for p in jaxlib.version.__version__.split('.')[:2])
+  except (ImportError, ValueError):
+    return ()
+
+
+def configure_xla_cpu() -> bool:
+  """Moves XLA:CPU's dots and convolutions from YNNPACK to Eigen (XLA_FLAGS).
+
+  Called when jaxseg is imported. Only effective before JAX initialises its
+  backends (XLA reads XLA_FLAGS once); it does nothing when the flag is
+  already in XLA_FLAGS (the user's choice wins), when the environment
+  variable JAXSEG_KEEP_XLA_FLAGS is set to a non-empty value, or on jaxlib
+  versions where the flag was not verified to exist. Returns whether it set
+  the flag. The flag only concerns the CPU backend; results change within
+  float32 rounding (a different GEMM/convolution library).
+  """
+  if os.environ.get(_OPT_OUT_ENV) or _xla_flag_value(_YNN_FLAG) is not None:
+    return False
+  low, high = _YNN_FLAG_JAXLIB
+  if not low <= _jaxlib_version() < high:
+    return False
+  try:
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+      return False
+  except (ImportError, AttributeError):
+    return False
+  os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --{_YNN_FLAG}={_YNN_VALUE}'.strip()
+  return True
+
+
+def ynn_convolutions() -> bool:
+  """Whether XLA:CPU runs convolutions through YNNPACK (jaxlib's default) per XLA_FLAGS."""
+  value = _xla_flag_value(_YNN_FLAG)
+  return value is None or 'convolution' in value.lower()
+
+
+_XLA_CPU_CONFIGURED = configure_xla_cpu()
 
 _FASTPATH: list[bool] = [True]
 
 # Patch matrices above this size fall back to the plain lowering (memory).
 _MAX_PATCH_BYTES = 1 << 30
-# Below this many input channels the im2col GEMM does not beat XLA:CPU's own
-# 3x3 convolution (forward+backward, measured: 64 channels at 326x326 2.5x
-# slower, 128 at 163x163 even, 256 at 82x82 1.5x and 512 at 41x41 2-3x
-# faster); large kernels (fc6) always win, by ~30x.
+# With YNNPACK convolutions (XLA's default), below this many input channels the
+# im2col GEMM gradients do not beat XLA:CPU's own 3x3 convolution gradients
+# (measured: 64 channels at 326x326 2.5x slower, 128 at 163x163 even, 256 at
+# 82x82 1.5x and 512 at 41x41 2-3x faster). With Eigen convolutions
+# (configure_xla_cpu) XLA's own gradients win at every width and the custom VJP
+# is not used. Large kernels (fc6) always win, by ~30-50x.
 _MIN_IM2COL_CHANNELS = 256
 _LARGE_KERNEL_AREA = 25
 
@@ -135,15 +220,28 @@ def _tap_slices(xp: Array, kernel_hw, dilation, strides, out_hw) -> list[Array]:
   return taps
 
 
-def _use_im2col(x_shape, kernel_shape, groups, pads, out_hw, dtype) -> bool:
-  kh, kw, cin, _ = kernel_shape
+def _conv_cpu(x: Array, kernel: Array, strides, pads, dilation, groups: int, out_hw) -> Array:
+  """The CPU lowering of `Conv2d` (see the comment block above); same result as `_conv_plain`."""
+  kh, kw, cin, _ = kernel.shape
+  reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
+  if any(p > reach[a] for a in (0, 1) for p in pads[a]):
+    # Padding beyond the kernel's reach (output pixels that see only padding):
+    # XLA:CPU's kernel gradient is 3-8x slower with it than for the explicitly
+    # padded VALID convolution (FCN's conv1_1, padded by 100).
+    x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    pads = [(0, 0), (0, 0)]
+  pads = tuple(tuple(p) for p in pads)
   if groups != 1 or any(p < 0 for pair in pads for p in pair) or min(out_hw) < 1:
-    return False
+    return _conv_plain(x, kernel, strides, pads, dilation, groups)
   area = kh * kw
-  if area > 1 and cin < _MIN_IM2COL_CHANNELS and area < _LARGE_KERNEL_AREA:
-    return False
-  patch_bytes = x_shape[0] * out_hw[0] * out_hw[1] * area * cin * jnp.dtype(dtype).itemsize
-  return patch_bytes <= _MAX_PATCH_BYTES
+  patch_bytes = x.shape[0] * out_hw[0] * out_hw[1] * area * cin * jnp.dtype(x.dtype).itemsize
+  if patch_bytes > _MAX_PATCH_BYTES:
+    return _conv_plain(x, kernel, strides, pads, dilation, groups)
+  if area == 1 or area >= _LARGE_KERNEL_AREA:
+    return _conv_im2col(x, kernel, strides, pads, dilation)
+  if cin >= _MIN_IM2COL_CHANNELS and ynn_convolutions():
+    return _conv_im2col_grad(x, kernel, strides, pads, dilation)
+  return _conv_plain(x, kernel, strides, pads, dilation, groups)
 
 
 def _conv_im2col(x: Array, kernel: Array, strides, pads, dilation) -> Array:
@@ -164,11 +262,10 @@ def _conv_im2col(x: Array, kernel: Array, strides, pads, dilation) -> Array:
   return y.reshape(n, ho, wo, cout)
 
 
-
-def _conv_plain(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+def _conv_plain(x: Array, kernel: Array, strides, pads, dilation, groups: int = 1) -> Array:
   return jax.lax.conv_general_dilated(
     x, kernel, strides, [tuple(p) for p in pads], rhs_dilation=dilation,
-    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups,
   )  # fmt: skip
 
 
@@ -195,6 +292,7 @@ def _conv_im2col_grad_bwd(strides, pads, dilation, res, g):
 
 _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 
+
 def _conv_transpose_overlap_add(x: Array, kernel: Array, strides, padding, output_padding) -> Array:
   """PyTorch ConvTranspose2d (kernel (kh, kw, out, in)) as one GEMM plus overlap-add.
 
@@ -207,10 +305,14 @@ def _conv_transpose_overlap_add(x: Array, kernel: Array, strides, padding, outpu
   (sh, sw), (ph, pw), (oph, opw) = strides, padding, output_padding
   n, h, w, _ = x.shape
   mh, mw = -(-kh // sh), -(-kw // sw)
-  kp = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
-  # (cin, mh, sh, mw, sw, cout) so the GEMM output splits into taps.
-  kmat = kp.reshape(mh, sh, mw, sw, cout, cin).transpose(5, 0, 1, 2, 3, 4).reshape(cin, -1)
-  cols = jax.lax.dot_general(x.reshape(n * h * w, cin), kmat, (((1,), (0,)), ((), ())))
+  kp = kernel
+  if mh * sh != kh or mw * sw != kw:
+    kp = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
+  # Contracting the kernel's last (in) axis directly: its (mh, sh, mw, sw, out)
+  # rows split the GEMM output into taps, and no transposed copy of the kernel
+  # (411 MB for DeconvNet's fc6_deconv) or of its gradient is made.
+  kmat = kp.reshape(-1, cin)
+  cols = jax.lax.dot_general(x.reshape(n * h * w, cin), kmat, (((1,), (1,)), ((), ())))
   cols = cols.reshape(n, h, w, mh, sh, mw, sw, cout)
   hb, wb = h + mh - 1, w + mw - 1
   out = None
@@ -279,8 +381,12 @@ class Conv2d(nn.Module):
     kh, kw = _pair(self.kernel_size)
     in_ch = x.shape[-1]
     if in_ch % self.groups:
-      raise ValueError(f'{self.name}: {in_ch} input channels are not divisible by groups={self.groups}')
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, in_ch // self.groups, self.features), self.param_dtype)
+      raise ValueError(
+        f'{self.name}: {in_ch} input channels are not divisible by groups={self.groups}'
+      )
+    kernel = self.param(
+      'kernel', self.kernel_init, (kh, kw, in_ch // self.groups, self.features), self.param_dtype
+    )
     dtype = self.dtype or x.dtype
     dilation = _pair(self.dilation)
     strides = _pair(self.strides)
@@ -289,14 +395,13 @@ class Conv2d(nn.Module):
     out_hw = tuple(
       _conv_out_size(x.shape[1 + a], pads[a], (kh, kw)[a], dilation[a], strides[a]) for a in (0, 1)
     )
-    if _fastpath_on() and _use_im2col(x.shape, kernel.shape, self.groups, pads, out_hw, dtype):
-      args = (x.astype(dtype), kernel.astype(dtype), strides, tuple(map(tuple, pads)), dilation)
-      large = kh * kw >= _LARGE_KERNEL_AREA or kh * kw == 1
-      y = _conv_im2col(*args) if large else _conv_im2col_grad(*args)
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if _fastpath_on():
+      y = _conv_cpu(x, kernel, strides, [tuple(p) for p in pads], dilation, self.groups, out_hw)
     else:
       y = jax.lax.conv_general_dilated(
-        x.astype(dtype),
-        kernel.astype(dtype),
+        x,
+        kernel,
         window_strides=strides,
         padding=padding,
         rhs_dilation=dilation,
@@ -342,7 +447,9 @@ class ConvTranspose2d(nn.Module):
     ph, pw = _pair(self.padding)
     oph, opw = _pair(self.output_padding)
     in_ch = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, self.features, in_ch), self.param_dtype)
+    kernel = self.param(
+      'kernel', self.kernel_init, (kh, kw, self.features, in_ch), self.param_dtype
+    )
     dtype = self.dtype or x.dtype
     if _fastpath_on() and _use_overlap_add(kernel.shape, (sh, sw), (ph, pw), x.shape, dtype):
       y = _conv_transpose_overlap_add(
@@ -483,14 +590,20 @@ class Dropout2d(nn.Module):
     return nn.Dropout(self.rate, broadcast_dims=(1, 2))(x, deterministic=not train)
 
 
-def check_image_batch(x: Array, name: str, *, channels: int | None = None, min_size: int = 1) -> None:
+def check_image_batch(
+  x: Array, name: str, *, channels: int | None = None, min_size: int = 1
+) -> None:
   """Validates a model input: NHWC float array with the expected channels and size."""
   if not hasattr(x, 'ndim') or x.ndim != 4:
     shape = getattr(x, 'shape', type(x).__name__)
     raise ValueError(f'{name} expects an NHWC batch of rank 4 (N, H, W, C), got shape {shape}.')
   if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise TypeError(f'{name} expects a floating-point input (normalised image), got dtype {x.dtype}.')
+    raise TypeError(
+      f'{name} expects a floating-point input (normalised image), got dtype {x.dtype}.'
+    )
   if channels is not None and x.shape[-1] != channels:
-    raise ValueError(f'{name} expects {channels} input channels (NHWC, channels last), got {x.shape[-1]} (shape {tuple(x.shape)}).')
+    raise ValueError(
+      f'{name} expects {channels} input channels (NHWC, channels last), got {x.shape[-1]} (shape {tuple(x.shape)}).'
+    )
   if min(x.shape[1], x.shape[2]) < min_size:
     raise ValueError(f'{name} needs H and W >= {min_size}, got {tuple(x.shape[1:3])}.')

@@ -1,20 +1,29 @@
-"""CPU fast paths of layers.Conv2d / ConvTranspose2d equal the plain lax lowering.
+"""CPU fast paths of layers.Conv2d / ConvTranspose2d / ops.max_pool2d equal the plain lowering.
 
-The fast paths (im2col GEMM for convolutions, GEMM + overlap-add for
-transposed convolutions; see jaxseg/layers.py) exist only for speed on
-XLA:CPU. Every model's numerics go through them, so outputs AND gradients
-(w.r.t. input, kernel and bias) must equal `lax.conv_general_dilated` to
-float32 rounding, for the shapes that trigger them and for odd shapes,
-strides, dilations, paddings; and they must be taken where intended (and
-only on CPU).
+The fast paths (im2col GEMM for convolutions, explicit padding for paddings
+beyond the kernel, GEMM + overlap-add for transposed convolutions, masked
+max-pool gradients; see jaxseg/layers.py and jaxseg/ops/pooling.py) exist
+only for speed on XLA:CPU. Every model's numerics go through them, so outputs
+AND gradients (w.r.t. input, kernel and bias) must equal
+`lax.conv_general_dilated` / `nn.max_pool` to float32 rounding, for the
+shapes that trigger them and for odd shapes, strides, dilations, paddings;
+and they must be taken where intended (and only on CPU). jaxseg's XLA:CPU
+flag (YNNPACK fusions off) must reach the compiler.
 """
 
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg import layers
+from jaxseg import layers, ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rel(a, b) -> float:
@@ -66,8 +75,9 @@ def _fast(fn, *args) -> bool:
 
 @pytest.fixture
 def low_threshold(monkeypatch):
-  """Routes every 3x3 conv through im2col, so odd cases run on tiny channel counts."""
+  """Routes every 3x3 conv through im2col (as with YNNPACK convolutions), so odd cases run on tiny channel counts."""
   monkeypatch.setattr(layers, '_MIN_IM2COL_CHANNELS', 1)
+  monkeypatch.setattr(layers, 'ynn_convolutions', lambda: True)
 
 
 CONV_CASES = [
@@ -93,14 +103,21 @@ def test_conv_im2col_equals_plain(low_threshold, kwargs, shape):
   assert max(errs.values()) < 1e-5, errs
 
 
-def test_conv_real_thresholds():
-  """The shapes that trigger the fast path at the default thresholds: fc6-like and wide 3x3."""
+@pytest.mark.parametrize('ynn', [True, False])
+def test_conv_real_thresholds(monkeypatch, ynn):
+  """The shapes that trigger the fast path at the default thresholds: fc6-like and wide 3x3.
+
+  Wide 3x3 convolutions take the im2col-gradient custom VJP only where XLA:CPU
+  runs convolutions through YNNPACK (its default); with jaxseg's flag (Eigen)
+  XLA's own gradients are faster.
+  """
+  monkeypatch.setattr(layers, 'ynn_convolutions', lambda: ynn)
   fc6 = layers.Conv2d(16, 7, padding='VALID')  # the fc6 cliff: 7x7 VALID on a small map
   wide = layers.Conv2d(8, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs
   narrow = layers.Conv2d(8, 3, padding=1)
   for module, shape, fast in (
     (fc6, (2, 11, 10, 8), True),
-    (wide, (1, 6, 5, layers._MIN_IM2COL_CHANNELS), True),
+    (wide, (1, 6, 5, layers._MIN_IM2COL_CHANNELS), ynn),
     (narrow, (1, 6, 5, 16), False),
   ):
     x = jnp.zeros(shape)
@@ -108,6 +125,25 @@ def test_conv_real_thresholds():
     assert _fast(lambda v, x, m=module: m.apply(v, x), v, x) == fast, (shape, fast)
     errs = _compare(module, shape, seed=3)
     assert max(errs.values()) < 1e-5, (shape, errs)
+
+
+@pytest.mark.parametrize('groups', [1, 2])
+def test_padding_beyond_kernel_is_explicit(groups):
+  """FCN's conv1_1 (3x3, padding 100): explicit pad + VALID conv, same outputs and gradients."""
+  module = layers.Conv2d(6, 3, padding=((5, 1), (0, 4)), groups=groups)
+  shape = (2, 6, 5, 4)
+  x = jnp.zeros(shape)
+  v = module.init(jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x)
+  (conv,) = [e for e in jaxpr.eqns if e.primitive.name == 'conv_general_dilated']
+  assert tuple(map(tuple, conv.params['padding'])) == ((0, 0), (0, 0))
+  assert 'pad[' in str(jaxpr)
+  errs = _compare(module, shape, seed=5)
+  assert max(errs.values()) < 1e-5, errs
+  within = layers.Conv2d(6, 3, padding=2)  # padding within the kernel's reach stays implicit
+  assert 'pad[' not in str(
+    jax.make_jaxpr(lambda v, x: within.apply(v, x))(within.init(jax.random.key(0), x), x)
+  )
 
 
 def test_grouped_conv_keeps_plain_lowering():
@@ -188,3 +224,103 @@ def test_bfloat16_compute():
     assert all(
       bool(jnp.all(jnp.isfinite(a))) and a.dtype == jnp.float32 for a in jax.tree.leaves(g)
     )
+
+
+POOL_CASES = [
+  # (shape, window, ceil_mode): odd sizes (partial windows kept or dropped), 3x3 windows
+  ((2, 7, 9, 3), 2, True),
+  ((2, 7, 9, 3), 2, False),
+  ((1, 8, 6, 2), 2, False),
+  ((1, 10, 11, 4), 3, True),
+  ((1, 1, 1, 2), 2, True),
+]
+
+
+@pytest.mark.parametrize('shape,window,ceil_mode', POOL_CASES)
+def test_max_pool2d_equals_flax(shape, window, ceil_mode):
+  """Values and gradients equal nn.max_pool's (reduce_window / select-and-scatter), ties included."""
+  rng = np.random.default_rng(sum(shape))
+  # ReLU-like input: whole windows of zeros and repeated maxima, where the
+  # gradient must go to the first maximum only.
+  x = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+  x[0, 0, : min(2, shape[2])] = 1.0
+  x = jnp.asarray(x)
+
+  def ref(x):
+    if not ceil_mode:
+      return nn.max_pool(x, (window, window), (window, window))
+    pad = ((0, -x.shape[1] % window), (0, -x.shape[2] % window))
+    return nn.max_pool(x, (window, window), (window, window), padding=pad)
+
+  def fast(x):
+    return ops.max_pool2d(x, window, ceil_mode=ceil_mode)
+
+  def loss(f):
+    # A different weight per output, so a gradient sent to the wrong element is seen.
+    return lambda x: jnp.sum(jnp.sin(f(x)) * (1.0 + jnp.arange(f(x).size).reshape(f(x).shape)))
+
+  y, y_ref = jax.jit(fast)(x), jax.jit(ref)(x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  g, g_ref = jax.jit(jax.grad(loss(fast)))(x), jax.jit(jax.grad(loss(ref)))(x)
+  np.testing.assert_array_equal(np.asarray(g), np.asarray(g_ref))
+  # The fast path has no select-and-scatter (XLA's reduce_window gradient).
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss(fast)))(x))
+  assert 'select_and_scatter' not in jaxpr and 'reduce_window' not in jaxpr
+
+
+def test_max_pool2d_rejects_bad_input():
+  with pytest.raises(ValueError, match='rank 4'):
+    ops.max_pool2d(jnp.ones((4, 4)))
+  with pytest.raises(ValueError, match='window'):
+    ops.max_pool2d(jnp.ones((1, 4, 4, 1)), 0)
+  with pytest.raises(ValueError, match='floor mode'):
+    ops.max_pool2d(jnp.ones((1, 1, 4, 1)), 2)
+
+
+def test_configure_xla_cpu(monkeypatch):
+  """The YNNPACK flag is added once, never over the user's own setting, and not after JAX started."""
+  from jax._src import xla_bridge
+
+  flag = f'--{layers._YNN_FLAG}={layers._YNN_VALUE}'
+  monkeypatch.delenv(layers._OPT_OUT_ENV, raising=False)
+  monkeypatch.setattr(xla_bridge, 'backends_are_initialized', lambda: False)
+  monkeypatch.setattr(layers, '_jaxlib_version', lambda: (0, 10))
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert layers.configure_xla_cpu()
+  assert os.environ['XLA_FLAGS'].split() == ['--xla_force_host_platform_device_count=2', flag]
+  assert not layers.ynn_convolutions()
+  assert not layers.configure_xla_cpu()  # already there
+  assert os.environ['XLA_FLAGS'].count(layers._YNN_FLAG) == 1
+  user = f'--{layers._YNN_FLAG}=individual_dot,individual_convolution'
+  monkeypatch.setenv('XLA_FLAGS', user)
+  assert not layers.configure_xla_cpu() and os.environ['XLA_FLAGS'] == user
+  assert layers.ynn_convolutions()
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setenv(layers._OPT_OUT_ENV, '1')
+  assert not layers.configure_xla_cpu() and layers.ynn_convolutions()
+  monkeypatch.delenv(layers._OPT_OUT_ENV)
+  monkeypatch.setattr(
+    layers, '_jaxlib_version', lambda: (0, 99)
+  )  # unverified jaxlib: XLA dies on unknown flags
+  assert not layers.configure_xla_cpu()
+  monkeypatch.setattr(layers, '_jaxlib_version', lambda: (0, 10))
+  monkeypatch.setattr(xla_bridge, 'backends_are_initialized', lambda: True)
+  assert not layers.configure_xla_cpu() and os.environ['XLA_FLAGS'] == ''
+
+
+def test_import_sets_flag_that_reaches_xla():
+  """`import jaxseg` in a fresh process: XLA:CPU compiles convolutions without YNNPACK fusions."""
+  code = (
+    'import jaxseg, jax, jax.numpy as jnp\n'
+    'f = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")\n'
+    'hlo = jax.jit(f).lower(jnp.ones((1, 4, 8, 8)), jnp.ones((4, 4, 3, 3))).compile().as_text()\n'
+    'print(jaxseg.layers.ynn_convolutions(), "ynn_fusion" in hlo, "convolution(" in hlo)\n'
+  )
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', layers._OPT_OUT_ENV)}
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  if layers._jaxlib_version() >= layers._YNN_FLAG_JAXLIB[0]:
+    assert out.stdout.split() == ['False', 'False', 'True'], out.stdout

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.ops import center_crop
+from jaxseg.ops import center_crop, max_pool2d
 from jaxseg.registry import register_model
 
 Array = jax.Array
@@ -118,7 +118,7 @@ class TransitionDown(nn.Module):
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='norm')(x, train=train))
     x = layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name='conv')(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train or self.dropout == 0)
-    return nn.max_pool(x, (2, 2), (2, 2))
+    return max_pool2d(x, 2)
 
 
 class FCDenseNet(nn.Module):

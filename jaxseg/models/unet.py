@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.ops import center_crop
+from jaxseg.ops import center_crop, max_pool2d
 from jaxseg.registry import register_model
 
 Array = jax.Array
@@ -183,7 +183,7 @@ class UNet(nn.Module):
     conv = dict(padded=self.padded, dtype=self.dtype)
     skips = [DoubleConv(self.features, name='inc', **conv)(x, train=train)]
     for i in range(1, self.depth + 1):
-      y = nn.max_pool(skips[-1], (2, 2), (2, 2))
+      y = max_pool2d(skips[-1], 2)
       skips.append(DoubleConv(self.features * 2**i, name=f'down{i}', **conv)(y, train=train))
     x = skips.pop()
     # "Drop-out layers at the end of the contracting path" (Sec. 3.1).
