@@ -237,7 +237,13 @@ def _conv_cpu(x: Array, kernel: Array, strides, pads, dilation, groups: int, out
   patch_bytes = x.shape[0] * out_hw[0] * out_hw[1] * area * cin * jnp.dtype(x.dtype).itemsize
   if patch_bytes > _MAX_PATCH_BYTES:
     return _conv_plain(x, kernel, strides, pads, dilation, groups)
-  if area == 1 or area >= _LARGE_KERNEL_AREA:
+  if area == 1:
+    return _conv_im2col(x, kernel, strides, pads, dilation)
+  if area >= _LARGE_KERNEL_AREA and x.shape[0] * out_hw[0] * out_hw[1] <= kernel.shape[3]:
+    # Large kernels on maps with fewer output pixels than output channels (fc6 as a
+    # convolution): XLA's input gradient is the cliff there. On large maps (SegNet-Basic's
+    # 7x7 convolutions at 128x128, 64 channels) XLA's own convolution is 3-6x faster than
+    # materialising the 49x patch matrix.
     return _conv_im2col(x, kernel, strides, pads, dilation)
   if cin >= _MIN_IM2COL_CHANNELS and ynn_convolutions():
     return _conv_im2col_grad(x, kernel, strides, pads, dilation)

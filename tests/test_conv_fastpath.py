@@ -115,8 +115,10 @@ def test_conv_real_thresholds(monkeypatch, ynn):
   fc6 = layers.Conv2d(16, 7, padding='VALID')  # the fc6 cliff: 7x7 VALID on a small map
   wide = layers.Conv2d(8, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs
   narrow = layers.Conv2d(8, 3, padding=1)
+  big_map = layers.Conv2d(4, 7, padding=3)  # SegNet-Basic-like: more output pixels than channels
   for module, shape, fast in (
-    (fc6, (2, 11, 10, 8), True),
+    (fc6, (2, 8, 7, 8), True),  # 2 x 2 x 1 output pixels <= 16 channels
+    (big_map, (1, 9, 8, 3), False),
     (wide, (1, 6, 5, layers._MIN_IM2COL_CHANNELS), ynn),
     (narrow, (1, 6, 5, 16), False),
   ):
