@@ -10,12 +10,14 @@ Run from the repository root:
 For each model (its default input shape from `DEFAULTS`, or `--batch` /
 `--size`): a jitted train step (optax SGD with momentum, softmax
 cross-entropy, state donated) and a jitted inference step are compiled once
-(compile time measured), timed for `--reps` repetitions (medians reported),
-their FLOPs taken from XLA's cost analysis and expressed as a fraction of a
-float32 GEMM peak measured in the same run, and peak host RSS sampled while
-they run. Where `benchmarks.torch_models` has the same architecture in
-PyTorch, the same figures are measured for it in the same process with the
-same thread count, and the table shows JAX / PyTorch ratios (> 1: JAX faster).
+(compile time measured), their FLOPs taken from XLA's cost analysis, and peak
+host RSS sampled. Where `benchmarks.torch_models` has the same architecture in
+PyTorch (same parameter count, checked), its train and inference steps are
+built in the same process with the same thread count. Then, for `--reps`
+repetitions, the JAX steps, the PyTorch steps and a float32 GEMM run one
+after another (interleaved, so that a shared machine's changing load hits
+every side alike); the table shows medians, JAX / PyTorch ratios (> 1: JAX
+faster) and achieved FLOP/s as a fraction of that GEMM's.
 The PyTorch side is skipped when JAX does not run on CPU (not comparable).
 Nothing here assumes a CPU: the device is `jax.devices()[0]`.
 """
@@ -114,15 +116,37 @@ def _median_time(fn: Callable[[], Any], reps: int) -> tuple[float, list[float]]:
   return statistics.median(times), times
 
 
-def gemm_peak(n: int, reps: int) -> float:
-  """float32 GEMM FLOP/s on the default device (median of `reps`)."""
+def interleave(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, dict[str, Any]]:
+  """Times every function once per repetition, alternating between them.
+
+  On a shared machine the load changes from minute to minute; alternating
+  JAX, PyTorch and the GEMM within each repetition puts every side under the
+  same conditions, so their ratios stay meaningful even when absolute times
+  move. Returns per function the wall-clock times, their median, and the
+  process CPU time per call (all threads; about threads x wall time when the
+  machine is otherwise idle, and a load-independent measure of work).
+  """
+  out = {k: {'times': [], 'cpu': []} for k in fns}
+  for _ in range(reps):
+    for k, fn in fns.items():
+      c, t = time.process_time(), time.perf_counter()
+      fn()
+      out[k]['times'].append(time.perf_counter() - t)
+      out[k]['cpu'].append(time.process_time() - c)
+  for v in out.values():
+    v['median'] = statistics.median(v['times'])
+    v['cpu_median'] = statistics.median(v['cpu'])
+  return out
+
+
+def gemm_fn(n: int) -> Callable[[], Any]:
+  """One float32 n^3 GEMM on the default device (compiled and warmed up)."""
   device = jax.devices()[0]
   a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32), device)
   b = jax.device_put(jax.random.normal(jax.random.key(1), (n, n), jnp.float32), device)
   mm = jax.jit(lambda a, b: jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST))
   mm(a, b).block_until_ready()
-  t, _ = _median_time(lambda: mm(a, b).block_until_ready(), reps)
-  return 2.0 * n**3 / t
+  return lambda: mm(a, b).block_until_ready()
 
 
 def torch_gemm_peak(n: int, reps: int) -> float:
@@ -162,9 +186,13 @@ def model_input(name: str, model, batch: int, size: tuple[int, int]) -> jax.Shap
 
 
 def bench_jax(
-  name: str, batch: int, size: tuple[int, int], num_classes: int, reps: int, model_kwargs=None
-) -> dict[str, Any]:
-  """Compiles and times the train and inference steps of registered model `name`."""
+  name: str, batch: int, size: tuple[int, int], num_classes: int, model_kwargs=None
+) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], Any]]:
+  """Compiles (timed) and warms up the train and inference steps of registered model `name`.
+
+  Returns (figures, train step, inference step); the steps block until done
+  and are timed by the caller (`interleave`).
+  """
   device = jax.devices()[0]
   model = jaxseg.create_model(name, num_classes=num_classes, **(model_kwargs or {}))
   spec = model_input(name, model, batch, size)
@@ -247,16 +275,20 @@ def bench_jax(
       holder['loss'] = loss
 
     one_step()  # first call: reuses the executable compiled above
-    result['train_s'], result['train_times'] = _median_time(one_step, reps)
+    one_step()  # the second must not compile either (committed state, static shapes)
     result['loss'] = float(holder['loss'])
-    infer_vars = {'params': holder['state']['params']}
-    if batch_stats:
-      infer_vars['batch_stats'] = holder['state']['batch_stats']
-    jax.block_until_ready(infer_jit(infer_vars, x))
-    result['infer_s'], result['infer_times'] = _median_time(
-      lambda: jax.block_until_ready(infer_jit(infer_vars, x)), reps
-    )
-  # Static shapes: one executable per function for the whole run.
+
+    def infer_vars():
+      v = {'params': holder['state']['params']}
+      if batch_stats:
+        v['batch_stats'] = holder['state']['batch_stats']
+      return v
+
+    def one_infer():
+      jax.block_until_ready(infer_jit(infer_vars(), x))
+
+    one_infer()
+  # Static shapes: one executable per function for the whole run (checked again after timing).
   result['train_executables'] = train_jit._cache_size()
   result['infer_executables'] = infer_jit._cache_size()
   result['peak_rss_bytes'] = mem.peak
@@ -264,15 +296,14 @@ def bench_jax(
   stats = getattr(device, 'memory_stats', lambda: None)()
   if stats and 'peak_bytes_in_use' in stats:
     result['device_peak_bytes'] = int(stats['peak_bytes_in_use'])
-  result['train_img_s'] = batch / result['train_s']
-  result['infer_img_s'] = batch / result['infer_s']
-  return result
+  result['_executables'] = lambda: (train_jit._cache_size(), infer_jit._cache_size())
+  return result, one_step, one_infer
 
 
 def bench_torch(
-  name: str, batch: int, spec_shape, main_shape, num_classes: int, reps: int
-) -> dict[str, Any] | None:
-  """The same measurements for the PyTorch counterpart of `name` (None if there is none)."""
+  name: str, batch: int, spec_shape, main_shape, num_classes: int
+) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], Any]] | None:
+  """The PyTorch counterpart of `name`, warmed up: (figures, train step, inference step), or None."""
   from benchmarks import torch_models
 
   built = torch_models.build(name, num_classes)
@@ -312,14 +343,10 @@ def bench_torch(
   result: dict[str, Any] = {'params': int(sum(p.numel() for p in model.parameters()))}
   with RSSSampler() as mem:
     step()
-    result['train_s'], result['train_times'] = _median_time(step, reps)
+    step()
     infer()
-    result['infer_s'], result['infer_times'] = _median_time(infer, reps)
-  result['peak_rss_bytes'] = mem.peak
   result['rss_growth_bytes'] = mem.delta
-  result['train_img_s'] = batch / result['train_s']
-  result['infer_img_s'] = batch / result['infer_s']
-  return result
+  return result, step, infer
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -402,7 +429,9 @@ def run_models(args) -> dict[str, Any]:
     except ImportError:
       use_torch = False
   report = {'environment': environment(threads), 'models': []}
-  peak = gemm_peak(args.gemm_size, max(3, args.reps))
+  gemm = gemm_fn(args.gemm_size)
+  gemm_flop = 2.0 * args.gemm_size**3
+  peak = gemm_flop / _median_time(gemm, max(3, args.reps))[0]
   report['gemm_flops'] = peak
   if use_torch:
     report['torch_gemm_flops'] = torch_gemm_peak(args.gemm_size, max(3, args.reps))
@@ -414,40 +443,63 @@ def run_models(args) -> dict[str, Any]:
     batch = args.batch or batch
     size = _parse_size(args.size) if args.size else size
     row: dict[str, Any] = {'model': name}
+    base_rss = RSSSampler.rss()
     try:
       with layers.conv_fastpath(args.fastpath == 'on'):
-        row['jax'] = j = bench_jax(name, batch, size, num_classes, args.reps, model_kwargs)
+        row['jax'], jax_train, jax_infer = bench_jax(name, batch, size, num_classes, model_kwargs)
     except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
       row['error'] = f'{type(e).__name__}: {e}'[:300]
       report['models'].append(row)
       print(f'{name}: {row["error"]}', flush=True)
       continue
-    if j['train_flops']:
-      row['train_flop_s'] = j['train_flops'] / j['train_s']
-      row['train_gemm_frac'] = row['train_flop_s'] / peak
-    if j['infer_flops']:
-      row['infer_flop_s'] = j['infer_flops'] / j['infer_s']
-      row['infer_gemm_frac'] = row['infer_flop_s'] / peak
+    j = row['jax']
+    fns = {'jax_train': jax_train, 'jax_infer': jax_infer, 'gemm': gemm}
+    t = None
     if use_torch:
       try:
-        t = bench_torch(name, batch, j['input_shape'], j['output_shape'], num_classes, args.reps)
+        built = bench_torch(name, batch, j['input_shape'], j['output_shape'], num_classes)
       except Exception as e:  # noqa: BLE001
-        t = None
+        built = None
         row['torch_error'] = f'{type(e).__name__}: {e}'[:300]
-      if t:
-        row['torch'] = t
-        if t['params'] != j['params']:  # not the same architecture: say so loudly
-          row['torch_params_mismatch'] = True
-          print(
-            f'{name}: WARNING torch counterpart has {t["params"]} parameters, JAX {j["params"]}'
-          )
-        row['train_ratio'] = j['train_img_s'] / t['train_img_s']
-        row['infer_ratio'] = j['infer_img_s'] / t['infer_img_s']
+      if built:
+        t, torch_train, torch_infer = built
+        # Its own growth on top of the process before any model existed (JAX's buffers are
+        # still alive while PyTorch runs).
+        if base_rss is not None and t['rss_growth_bytes'] is not None:
+          t['peak_rss_bytes'] = base_rss + t['rss_growth_bytes']
+        fns.update(torch_train=torch_train, torch_infer=torch_infer)
+    timed = interleave(fns, args.reps)
+    executables = j.pop('_executables')()
+    j['train_executables'], j['infer_executables'] = executables
+    for side, res in (('jax', j), ('torch', t)):
+      if res is None:
+        continue
+      for kind in ('train', 'infer'):
+        m = timed[f'{side}_{kind}']
+        res[f'{kind}_s'], res[f'{kind}_times'] = m['median'], m['times']
+        res[f'{kind}_cpu_s'] = m['cpu_median']
+        res[f'{kind}_img_s'] = batch / m['median']
+    # The GEMM peak of this model's repetitions (interleaved with its steps).
+    row['gemm_flops'] = model_peak = gemm_flop / timed['gemm']['median']
+    if j['train_flops']:
+      row['train_flop_s'] = j['train_flops'] / j['train_s']
+      row['train_gemm_frac'] = row['train_flop_s'] / model_peak
+    if j['infer_flops']:
+      row['infer_flop_s'] = j['infer_flops'] / j['infer_s']
+      row['infer_gemm_frac'] = row['infer_flop_s'] / model_peak
+    if t:
+      row['torch'] = t
+      if t['params'] != j['params']:  # not the same architecture: say so loudly
+        row['torch_params_mismatch'] = True
+        print(f'{name}: WARNING torch counterpart has {t["params"]} parameters, JAX {j["params"]}')
+      row['train_ratio'] = j['train_img_s'] / t['train_img_s']
+      row['infer_ratio'] = j['infer_img_s'] / t['infer_img_s']
     report['models'].append(row)
     print(
       f'{name}: train {j["train_img_s"]:.2f} img/s (x{row.get("train_ratio", float("nan")):.2f} torch), '
       f'infer {j["infer_img_s"]:.2f} img/s (x{row.get("infer_ratio", float("nan")):.2f}), '
-      f'compile {j["train_compile_s"]:.1f}+{j["infer_compile_s"]:.1f} s',
+      f'compile {j["train_compile_s"]:.1f}+{j["infer_compile_s"]:.1f} s, '
+      f'GEMM {model_peak / 1e9:.0f} GFLOP/s',
       flush=True,
     )
   print()
