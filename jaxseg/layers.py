@@ -100,7 +100,9 @@ def bilinear_init(key, shape, dtype=jnp.float32):
 # convolution whose padding exceeds its kernel (FCN's conv1_1, padded by 100)
 # is 3-8x slower than that of an explicitly padded VALID convolution; and
 # transposed convolutions lowered as convolutions of a stride-dilated input
-# multiply mostly zeros. On CPU, `Conv2d` and `ConvTranspose2d` therefore
+# multiply mostly zeros; and on small maps, where the kernel outweighs the
+# activations, every gradient step transposes and flips a copy of the kernel
+# (65 ms for a 3x3x1024x1024 one). On CPU, `Conv2d` and `ConvTranspose2d` therefore
 # lower to slices + one GEMM (+ overlap-add for transposed convolutions),
 # whose autodiff transposes are again slices, pads and GEMMs, where that is
 # faster. The decision is taken at trace time from `jax.default_backend()`;
@@ -180,7 +182,12 @@ _MAX_PATCH_BYTES = 1 << 30
 # (measured: 64 channels at 326x326 2.5x slower, 128 at 163x163 even, 256 at
 # 82x82 1.5x and 512 at 41x41 2-3x faster). With Eigen convolutions
 # (configure_xla_cpu) XLA's own gradients win at every width and the custom VJP
-# is not used. Large kernels (fc6) always win, by ~30-50x.
+# is not used. On small maps (output pixels <= output channels) the GEMM
+# gradients of `_conv_gemm_grads` win instead, measured per op on 2 cores: fc6
+# (7x7, 512 -> 4096, 2x5x5 outputs) input gradient 116 ms vs 17.5 s, kernel
+# gradient 254 vs 428 ms; U-Net's 3x3 1024 -> 1024 at 8x8 15 vs 86 ms and 29 vs
+# 47 ms; 512 -> 512 at 2x16x16 (dilation 4) about even to 1.4x. Large kernels
+# (area >= _LARGE_KERNEL_AREA) also take the slices + GEMM forward there.
 _MIN_IM2COL_CHANNELS = 256
 _LARGE_KERNEL_AREA = 25
 
@@ -239,12 +246,15 @@ def _conv_cpu(x: Array, kernel: Array, strides, pads, dilation, groups: int, out
     return _conv_plain(x, kernel, strides, pads, dilation, groups)
   if area == 1:
     return _conv_im2col(x, kernel, strides, pads, dilation)
-  if area >= _LARGE_KERNEL_AREA and x.shape[0] * out_hw[0] * out_hw[1] <= kernel.shape[3]:
-    # Large kernels on maps with fewer output pixels than output channels (fc6 as a
-    # convolution): XLA's input gradient is the cliff there. On large maps (SegNet-Basic's
-    # 7x7 convolutions at 128x128, 64 channels) XLA's own convolution is 3-6x faster than
-    # materialising the 49x patch matrix.
-    return _conv_im2col(x, kernel, strides, pads, dilation)
+  if x.shape[0] * out_hw[0] * out_hw[1] <= kernel.shape[3]:
+    # Small maps (fewer output pixels than output channels: fc6 as a convolution, the
+    # deepest U-Net / ResNet stages at small inputs): the kernel is the large operand,
+    # and XLA:CPU's gradients transpose and flip a copy of it for every step (65 ms for
+    # U-Net's 3x3x1024x1024 at 8x8) or fall off its fast path entirely (fc6's input
+    # gradient, ~150x). GEMMs with the kernel in its stored layout instead. On large
+    # maps (SegNet-Basic's 7x7 convolutions at 128x128, 64 channels) XLA's own
+    # convolution is 3-6x faster than materialising a 49x patch matrix.
+    return _conv_gemm_grads(x, kernel, strides, pads, dilation)
   if cin >= _MIN_IM2COL_CHANNELS and ynn_convolutions():
     return _conv_im2col_grad(x, kernel, strides, pads, dilation)
   return _conv_plain(x, kernel, strides, pads, dilation, groups)
@@ -297,6 +307,99 @@ def _conv_im2col_grad_bwd(strides, pads, dilation, res, g):
 
 
 _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
+
+
+def _conv_input_grad_gemm(g: Array, kernel: Array, x_hw, strides, pads, dilation) -> Array:
+  """Input gradient of `_conv_plain` (groups=1) as one GEMM plus a col2im overlap-add.
+
+  `kernel (kh*kw*cin, cout) . g (pixels, cout)^T`: both operands contract their
+  contiguous last axis and the kernel is used as stored (no transposed or flipped
+  copy), the form Eigen's GEMM runs at full speed. Each tap's (cin, n, ho, wo)
+  block is then scattered back to its input positions by an interior-padded
+  shift (the stride) at its dilated offset, summed, and the padding cropped.
+  """
+  kh, kw, cin, cout = kernel.shape
+  n, ho, wo, _ = g.shape
+  (sh, sw), (dh, dw) = strides, dilation
+  cols = jax.lax.dot_general(
+    kernel.reshape(kh * kw * cin, cout), g.reshape(n * ho * wo, cout), (((1,), (1,)), ((), ()))
+  ).reshape(kh, kw, cin, n, ho, wo)
+  hp, wp = x_hw[0] + pads[0][0] + pads[0][1], x_hw[1] + pads[1][0] + pads[1][1]
+  zero = jnp.zeros((), cols.dtype)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      r0, c0 = i * dh, j * dw
+      r1, c1 = r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1
+      block = jax.lax.pad(
+        cols[i, j], zero, ((0, 0, 0), (0, 0, 0), (r0, hp - r1, sh - 1), (c0, wp - c1, sw - 1))
+      )
+      out = block if out is None else out + block
+  out = jax.lax.slice(
+    out, (0, 0, pads[0][0], pads[1][0]), (cin, n, pads[0][0] + x_hw[0], pads[1][0] + x_hw[1])
+  )
+  return out.transpose(1, 2, 3, 0)
+
+
+def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dilation) -> Array:
+  """Kernel gradient of `_conv_plain` (groups=1) as one GEMM over transposed patches.
+
+  The small input is transposed once to (cin, n, h, w), its kh*kw strided tap
+  windows stacked into a (kh*kw*cin, pixels) patch matrix, which multiplies
+  g (pixels, cout) directly into the HWIO kernel layout.
+  """
+  kh, kw, cin, cout = kernel_shape
+  n, ho, wo, _ = g.shape
+  xt = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))).transpose(3, 0, 1, 2)
+  taps = [
+    jax.lax.slice(
+      xt,
+      (0, 0, i * dilation[0], j * dilation[1]),
+      (
+        cin,
+        n,
+        i * dilation[0] + (ho - 1) * strides[0] + 1,
+        j * dilation[1] + (wo - 1) * strides[1] + 1,
+      ),
+      (1, 1, strides[0], strides[1]),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  patches = jnp.stack(taps).reshape(kh * kw * cin, n * ho * wo)
+  dk = jax.lax.dot_general(patches, g.reshape(n * ho * wo, cout), (((1,), (0,)), ((), ())))
+  return dk.reshape(kernel_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_gemm_grads(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  """A convolution on a small map (pixels <= output channels) with GEMM gradients.
+
+  Forward: XLA's convolution, or shifted slices feeding one GEMM for large
+  kernels (fc6's 7x7). Backward: `_conv_input_grad_gemm` and
+  `_conv_kernel_grad_gemm`, which read the kernel in its stored layout.
+  """
+  return _conv_small_map_fwd(x, kernel, strides, pads, dilation)
+
+
+def _conv_small_map_fwd(x, kernel, strides, pads, dilation):
+  if kernel.shape[0] * kernel.shape[1] >= _LARGE_KERNEL_AREA:
+    return _conv_im2col(x, kernel, strides, pads, dilation)
+  return _conv_plain(x, kernel, strides, pads, dilation)
+
+
+def _conv_gemm_grads_fwd(x, kernel, strides, pads, dilation):
+  return _conv_small_map_fwd(x, kernel, strides, pads, dilation), (x, kernel)
+
+
+def _conv_gemm_grads_bwd(strides, pads, dilation, res, g):
+  x, kernel = res
+  dx = _conv_input_grad_gemm(g, kernel, x.shape[1:3], strides, pads, dilation)
+  dk = _conv_kernel_grad_gemm(x, g, kernel.shape, strides, pads, dilation)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_conv_gemm_grads.defvjp(_conv_gemm_grads_fwd, _conv_gemm_grads_bwd)
 
 
 def _conv_transpose_overlap_add(x: Array, kernel: Array, strides, padding, output_padding) -> Array:

@@ -129,6 +129,31 @@ def test_conv_real_thresholds(monkeypatch, ynn):
     assert max(errs.values()) < 1e-5, (shape, errs)
 
 
+SMALL_MAP_CASES = [
+  # (kwargs, input shape): output pixels (n * ho * wo) <= features, so the GEMM-gradient VJP.
+  (dict(features=40, kernel_size=3, padding=1), (1, 5, 6, 7)),  # U-Net's bottom, odd sizes
+  (dict(features=24, kernel_size=3, strides=2, padding=1), (2, 7, 6, 5)),  # stride 2, odd input
+  (dict(features=48, kernel_size=3, padding=4, dilation=4), (2, 5, 4, 6)),  # rate > map size
+  (dict(features=30, kernel_size=(3, 5), padding=((2, 0), (1, 3)), dilation=(2, 1)), (1, 6, 5, 4)),
+  (dict(features=20, kernel_size=7, padding='VALID'), (2, 9, 8, 3)),  # fc6: slices + GEMM forward
+  (dict(features=16, kernel_size=(2, 3), strides=(2, 1), padding='VALID'), (1, 5, 7, 3)),
+]
+
+
+@pytest.mark.parametrize('kwargs,shape', SMALL_MAP_CASES)
+def test_conv_small_map_gemm_gradients(kwargs, shape):
+  """Small maps: XLA's forward (or im2col for large kernels) with GEMM gradients that read
+  the kernel as stored; outputs and gradients equal the plain lowering's."""
+  module = layers.Conv2d(**kwargs)
+  x = jnp.zeros(shape)
+  v = module.init(jax.random.key(0), x)
+  y = jax.eval_shape(lambda v, x: module.apply(v, x), v, x)
+  assert y.shape[0] * y.shape[1] * y.shape[2] <= kwargs['features']
+  assert 'custom_vjp_call' in str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
+  errs = _compare(module, shape, seed=5)
+  assert max(errs.values()) < 1e-5, errs
+
+
 @pytest.mark.parametrize('groups', [1, 2])
 def test_padding_beyond_kernel_is_explicit(groups):
   """FCN's conv1_1 (3x3, padding 100): explicit pad + VALID conv, same outputs and gradients."""
