@@ -38,3 +38,22 @@ def test_unknown_model_is_rejected():
 
   with pytest.raises(SystemExit, match='unknown model'):
     run.main(['--models', 'no_such_model', '--no-torch'])
+
+
+def test_conv_census_records_every_convolution(torch_module):
+  """The census sees each Conv2d call of a tiny FCN-32s once, with its real shapes, and times both sides."""
+  from benchmarks import conv_census
+
+  rows = conv_census.census(
+    'fcn32s', 1, (20, 27), 21, train=True, reps=1, model_kwargs={'width': 0.0625}
+  )
+  # 13 VGG convolutions + fc6 + fc7 + score_fr; the upsampling is a ConvTranspose2d.
+  assert sum(r['count'] for r in rows) == 16
+  conv1_1 = [r for r in rows if r['x'] == [1, 20, 27, 3]]
+  assert len(conv1_1) == 1 and conv1_1[0]['kernel'] == [3, 3, 3, 4]
+  assert conv1_1[0]['pads'] == [[100, 100], [100, 100]]
+  fc6 = [r for r in rows if r['kernel'][:2] == [7, 7]]
+  assert len(fc6) == 1 and fc6[0]['kernel'][2:] == [32, 256] and fc6[0]['pads'] == [[0, 0], [0, 0]]
+  assert all(r['jax_s'] > 0 and r['torch_s'] > 0 for r in rows)
+  lost = [r['lost_s'] for r in rows]
+  assert lost == sorted(lost, reverse=True)
