@@ -98,6 +98,49 @@ def test_gradients_reach_every_parameter():
   assert_gradients_everywhere(grads, out)
 
 
+@pytest.mark.parametrize('new_only', [False, True])
+def test_buffer_dense_block_equals_concatenation(new_only):
+  # The preallocated-buffer dense block (the default) against the plain
+  # concatenation one on the same variables and dropout masks (same module
+  # names, so the same random keys): train-mode outputs, batch statistics,
+  # and the gradients of the input and of every parameter.
+  from jaxseg.models.fc_densenet import DenseBlock
+
+  kw = dict(num_layers=3, growth_rate=3, dropout=0.2, new_only=new_only)
+  buf, cat = DenseBlock(**kw), DenseBlock(**kw, buffer=False)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
+  variables = buf.init(jax.random.key(1), x, train=False)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+    cat.init(jax.random.key(1), x, train=False)
+  )
+  weights = jax.random.normal(jax.random.key(2), (2, 7, 6, 9 if new_only else 14))
+
+  def run(block):
+    def loss(params, x):
+      out, upd = block.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']},
+        x,
+        train=True,
+        rngs={'dropout': jax.random.key(3)},
+        mutable=['batch_stats'],
+      )
+      return jnp.sum(jnp.sin(out) * weights), (out, upd)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(variables['params'], x)
+
+  (grads, dx), (out, upd) = run(buf)
+  (grads_ref, dx_ref), (out_ref, upd_ref) = run(cat)
+  assert out.shape == out_ref.shape == (2, 7, 6, 9 if new_only else 14)
+  assert rel_err(out, out_ref) < 1e-6
+  assert float(jnp.mean(out == 0)) > 0.05  # dropout acted
+  for a, b in zip(jax.tree.leaves(upd), jax.tree.leaves(upd_ref), strict=True):
+    assert rel_err(a, b) < 1e-6
+  assert rel_err(dx, dx_ref) < 1e-5
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+    assert rel_err(a, b) < 1e-5
+  assert float(jnp.max(jnp.abs(dx))) > 0
+
+
 def test_bad_inputs():
   model = jaxseg.create_model('fc_densenet103', num_classes=2)
   init = lambda shape: jax.eval_shape(

