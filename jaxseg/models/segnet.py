@@ -109,7 +109,7 @@ def decode(x: Array, saved: Saved, decoder, *, width: float, train: bool, dtype)
   """Unpools with each stage's saved indices, then runs that stage's CBR layers."""
   for stage, block in decoder:
     indices, size = saved[stage - 1]
-    x = max_unpool(x, indices, size)
+    x = max_unpool(x, indices, size, window=2)
     for name, _, out_ch in block:
       x = layers.ConvBNReLU(scaled(out_ch, width), 3, padding=1, dtype=dtype, name=name)(
         x, train=train
@@ -174,7 +174,7 @@ class SegNetBasic(nn.Module):
       saved.append((indices, size))
     for i in range(self.depth, 0, -1):
       indices, size = saved[i - 1]
-      x = max_unpool(x, indices, size)
+      x = max_unpool(x, indices, size, window=2)
       # The paper's decoder has no non-linearity.
       x = layers.ConvBNReLU(self.features, relu=False, name=f'conv_decode{i}', **conv)(
         x, train=train
