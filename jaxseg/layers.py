@@ -227,8 +227,52 @@ def _tap_slices(xp: Array, kernel_hw, dilation, strides, out_hw) -> list[Array]:
   return taps
 
 
+def _live_taps(size: int, pad: tuple[int, int], k: int, d: int, s: int, out: int):
+  """First and last kernel tap (one axis) that reads at least one input pixel.
+
+  Tap i reads rows `i * d - pad[0] + o * s`, o < out. Taps that read only
+  padding (a dilation rate at or beyond the map's size: DeepLabv3's ASPP rates
+  24 and 36 on a 16x16 map) contribute exact zeros and can be dropped.
+  """
+  live = []
+  for i in range(k):
+    first = i * d - pad[0]
+    o = max(0, -(first // s))  # the first o whose row is >= 0
+    if o < out and first + o * s <= size - 1:
+      live.append(i)
+  return (live[0], live[-1]) if live else (0, k - 1)
+
+
+def _drop_padding_taps(x: Array, kernel: Array, strides, pads, dilation, out_hw):
+  """Drops kernel rows/columns that only ever read padding (exact: they add zeros).
+
+  Returns (x, kernel, pads) for a convolution with the same output; a negative
+  padding left by the cut becomes a crop of rows no remaining tap reads.
+  """
+  kh, kw = kernel.shape[:2]
+  (i0, i1), (j0, j1) = (
+    _live_taps(x.shape[1 + a], pads[a], (kh, kw)[a], dilation[a], strides[a], out_hw[a])
+    for a in (0, 1)
+  )
+  if (i0, i1, j0, j1) == (0, kh - 1, 0, kw - 1):
+    return x, kernel, pads
+  kernel = kernel[i0 : i1 + 1, j0 : j1 + 1]
+  new = []
+  for a, (lo, hi) in ((0, (i0, i1)), (1, (j0, j1))):
+    k, d = (kh, kw)[a], dilation[a]
+    p_lo, p_hi = pads[a][0] - lo * d, pads[a][1] - (k - 1 - hi) * d
+    size = x.shape[1 + a]
+    start, stop = max(0, -p_lo), size + min(0, p_hi)
+    if (start, stop) != (0, size):
+      x = jax.lax.slice_in_dim(x, start, stop, axis=1 + a)
+    new.append((max(0, p_lo), max(0, p_hi)))
+  return x, kernel, new
+
+
 def _conv_cpu(x: Array, kernel: Array, strides, pads, dilation, groups: int, out_hw) -> Array:
   """The CPU lowering of `Conv2d` (see the comment block above); same result as `_conv_plain`."""
+  if min(out_hw) >= 1:
+    x, kernel, pads = _drop_padding_taps(x, kernel, strides, pads, dilation, out_hw)
   kh, kw, cin, _ = kernel.shape
   reach = (dilation[0] * (kh - 1), dilation[1] * (kw - 1))
   if any(p > reach[a] for a in (0, 1) for p in pads[a]):

@@ -154,6 +154,52 @@ def test_conv_small_map_gemm_gradients(kwargs, shape):
   assert max(errs.values()) < 1e-5, errs
 
 
+def test_taps_reading_only_padding_are_dropped():
+  """ASPP's large rates on a small map: a 3x3 kernel at rate >= the map size is a 1x1 conv
+  (its other taps only read zeros), partially so for smaller rates; exact, gradients too."""
+  aspp = layers.Conv2d(5, 3, padding=6, dilation=6)  # DeepLabv3's rate 36 on a 16x16 map, scaled
+  x = jnp.zeros((2, 5, 6, 4))
+  v = aspp.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(lambda v, x: aspp.apply(v, x))(v, x))
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr  # the center tap only
+  errs = _compare(aspp, (2, 5, 6, 4), seed=7)
+  assert max(errs.values()) < 1e-5, errs
+  # Rows cut, columns kept: 3 rows of a 3x3 at rate 4 on a 3-row map read only padding but one.
+  partial = layers.Conv2d(6, 3, strides=(1, 2), padding=((4, 3), (1, 2)), dilation=(4, 1))
+  x = jnp.zeros((1, 3, 9, 2))
+  v = partial.init(jax.random.key(0), x)
+  jaxpr = jax.make_jaxpr(lambda v, x: partial.apply(v, x))(v, x)
+  (conv,) = [e for e in jaxpr.eqns if e.primitive.name == 'conv_general_dilated']
+  assert conv.invars[1].aval.shape[:2] == (1, 3)
+  errs = _compare(partial, (1, 3, 9, 2), seed=8)
+  assert max(errs.values()) < 1e-5, errs
+
+
+def test_drop_padding_taps_brute_force():
+  """Random sizes, kernels, rates, strides and asymmetric paddings: same convolution."""
+  rng = np.random.default_rng(0)
+  dropped = 0
+  for _ in range(120):
+    h, w = (int(v) for v in rng.integers(1, 9, 2))
+    kh, kw, dh, dw, sh, sw = (int(v) for v in rng.integers(1, [4, 4, 12, 12, 4, 4]))
+    pads = [tuple(int(v) for v in rng.integers(0, 14, 2)) for _ in range(2)]
+    out_hw = tuple(
+      layers._conv_out_size((h, w)[a], pads[a], (kh, kw)[a], (dh, dw)[a], (sh, sw)[a])
+      for a in (0, 1)
+    )
+    if min(out_hw) < 1:
+      continue
+    x = jnp.asarray(rng.standard_normal((1, h, w, 2)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((kh, kw, 2, 3)), jnp.float32)
+    ref = layers._conv_plain(x, k, (sh, sw), pads, (dh, dw))
+    x2, k2, p2 = layers._drop_padding_taps(x, k, (sh, sw), pads, (dh, dw), out_hw)
+    dropped += k2.shape[:2] != k.shape[:2]
+    got = layers._conv_plain(x2, k2, (sh, sw), p2, (dh, dw))
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+  assert dropped >= 20  # the cut is exercised, not just the no-op
+
+
 @pytest.mark.parametrize('groups', [1, 2])
 def test_padding_beyond_kernel_is_explicit(groups):
   """FCN's conv1_1 (3x3, padding 100): explicit pad + VALID conv, same outputs and gradients."""
