@@ -93,10 +93,12 @@ class DenseBlock(nn.Module):
     # backward pass each layer's input gradient is then one padded add into a
     # buffer-sized accumulator, where the concatenations' gradients were split
     # per earlier layer: XLA fused every layer's BatchNorm backward into each
-    # of those splits. Measured on FC-DenseNet56 (batch 2, 128x128, 2 cores):
-    # 50k -> 38k optimised HLO instructions, train step 2.09 -> 1.68 s;
-    # compile time unchanged (~43 s; ~22 s with dropout 0: the random bits of
-    # the 49 dropout masks are the other half).
+    # of those splits. FC-DenseNet56 train step (batch 2, 128x128, 2 shared
+    # cores, both variants compiled and timed interleaved in one process):
+    # 51k -> 39k optimised HLO instructions, 4.48 -> 3.92 CPU-seconds per
+    # step; compile time not reduced (45.6 vs 51.0 s in that run, 43.3 vs
+    # 44.4 s in another; ~22 s with dropout 0: the 49 dropout masks' random
+    # bits are the other half).
     c0, k = x.shape[-1], self.growth_rate
     buf = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.num_layers * k)))
     for j in range(self.num_layers):
