@@ -494,10 +494,17 @@ def run_models(args) -> dict[str, Any]:
         print(f'{name}: WARNING torch counterpart has {t["params"]} parameters, JAX {j["params"]}')
       row['train_ratio'] = j['train_img_s'] / t['train_img_s']
       row['infer_ratio'] = j['infer_img_s'] / t['infer_img_s']
+      # Process CPU seconds per step, PyTorch / JAX (> 1: JAX does the step with less CPU
+      # work). Less sensitive than wall time to other jobs on a shared machine, but it
+      # also counts both runtimes' spin-waiting threads.
+      row['train_cpu_ratio'] = t['train_cpu_s'] / j['train_cpu_s']
+      row['infer_cpu_ratio'] = t['infer_cpu_s'] / j['infer_cpu_s']
     report['models'].append(row)
     print(
       f'{name}: train {j["train_img_s"]:.2f} img/s (x{row.get("train_ratio", float("nan")):.2f} torch), '
       f'infer {j["infer_img_s"]:.2f} img/s (x{row.get("infer_ratio", float("nan")):.2f}), '
+      f'CPU-time ratios {row.get("train_cpu_ratio", float("nan")):.2f}/'
+      f'{row.get("infer_cpu_ratio", float("nan")):.2f}, '
       f'compile {j["train_compile_s"]:.1f}+{j["infer_compile_s"]:.1f} s, '
       f'GEMM {model_peak / 1e9:.0f} GFLOP/s',
       flush=True,
