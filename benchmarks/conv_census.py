@@ -87,8 +87,7 @@ def _torch_fn(key, train: bool):
   x_shape, k_shape, strides, pads, dilation, groups, _ = key
   n, h, w, c = x_shape
   x = torch.randn(n, c, h, w, requires_grad=train)
-  k = torch.randn(k_shape[3], k_shape[2], k_shape[0], k_shape[1], requires_grad=train) * 0.05
-  k = k.detach().requires_grad_(train)
+  k = (torch.randn(k_shape[3], k_shape[2], k_shape[0], k_shape[1]) * 0.05).requires_grad_(train)
   (pt, pb), (pl, pr) = pads
   symmetric = pt == pb and pl == pr
 

@@ -214,16 +214,22 @@ def _conv_out_size(size: int, pad: tuple[int, int], k: int, d: int, s: int) -> i
   return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
 
 
-def _tap_slices(xp: Array, kernel_hw, dilation, strides, out_hw) -> list[Array]:
-  """The kh*kw strided windows of the padded input, one per kernel tap (row-major)."""
+def _tap_slices(xp: Array, kernel_hw, dilation, strides, out_hw, spatial=(1, 2)) -> list[Array]:
+  """The kh*kw strided windows of the padded input, one per kernel tap (row-major).
+
+  `spatial` names the (H, W) axes of `xp` (NHWC by default); the others are kept whole.
+  """
   (kh, kw), (dh, dw), (sh, sw), (ho, wo) = kernel_hw, dilation, strides, out_hw
-  n, _, _, c = xp.shape
+  ah, aw = spatial
+  step = [1] * xp.ndim
+  step[ah], step[aw] = sh, sw
   taps = []
   for i in range(kh):
     for j in range(kw):
-      start = (0, i * dh, j * dw, 0)
-      limit = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
-      taps.append(jax.lax.slice(xp, start, limit, (1, sh, sw, 1)))
+      start, limit = [0] * xp.ndim, list(xp.shape)
+      start[ah], limit[ah] = i * dh, i * dh + (ho - 1) * sh + 1
+      start[aw], limit[aw] = j * dw, j * dw + (wo - 1) * sw + 1
+      taps.append(jax.lax.slice(xp, start, limit, step))
   return taps
 
 
@@ -395,21 +401,7 @@ def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dila
   kh, kw, cin, cout = kernel_shape
   n, ho, wo, _ = g.shape
   xt = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))).transpose(3, 0, 1, 2)
-  taps = [
-    jax.lax.slice(
-      xt,
-      (0, 0, i * dilation[0], j * dilation[1]),
-      (
-        cin,
-        n,
-        i * dilation[0] + (ho - 1) * strides[0] + 1,
-        j * dilation[1] + (wo - 1) * strides[1] + 1,
-      ),
-      (1, 1, strides[0], strides[1]),
-    )
-    for i in range(kh)
-    for j in range(kw)
-  ]
+  taps = _tap_slices(xt, (kh, kw), dilation, strides, (ho, wo), spatial=(2, 3))
   patches = jnp.stack(taps).reshape(kh * kw * cin, n * ho * wo)
   dk = jax.lax.dot_general(patches, g.reshape(n * ho * wo, cout), (((1,), (0,)), ((), ())))
   return dk.reshape(kernel_shape)

@@ -268,11 +268,10 @@ def _unpool_windows_bwd(window, size, indices, g):
   n, ho, wo, c = indices.shape
   gp = jnp.pad(g, ((0, 0), (0, ho * window - height), (0, wo * window - width), (0, 0)))
   targets = _window_targets(ho, wo, window, size)
+  target_taps = _window_taps(targets.reshape(1, ho * window, wo * window, 1), window)
   dv = jnp.zeros(indices.shape, g.dtype)
-  for i in range(window - 1, -1, -1):
-    for j in range(window - 1, -1, -1):
-      tap = _windows(gp, window)[:, :, i, :, j, :]
-      dv = jnp.where(indices == targets[:, :, i, :, j, :], tap, dv)
+  for tap, target in reversed(list(zip(_window_taps(gp, window), target_taps, strict=True))):
+    dv = jnp.where(indices == target, tap, dv)
   return dv, None
 
 
