@@ -721,6 +721,14 @@ class ConvBNReLU(nn.Module):
     return nn.relu(x) if self.relu else x
 
 
+def apply_keep_mask(x: Array, keep: Array, rate: float) -> Array:
+  """Inverted dropout with a given boolean keep-mask (what `nn.Dropout` computes
+  from the mask it draws): kept values are scaled by 1 / (1 - rate)."""
+  if rate >= 1.0:
+    return jnp.zeros_like(x)
+  return jax.lax.select(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros_like(x))
+
+
 class Dropout2d(nn.Module):
   """Channel-wise dropout (PyTorch Dropout2d): whole feature maps are zeroed.
 

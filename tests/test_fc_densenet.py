@@ -141,6 +141,86 @@ def test_buffer_dense_block_equals_concatenation(new_only):
   assert float(jnp.max(jnp.abs(dx))) > 0
 
 
+def test_block_dropout_mask():
+  # A dense block used on its own draws one keep-mask for all its layers: a
+  # one-layer block's train-mode output is the dropout-free output with each
+  # element either zeroed or scaled by 1 / 0.8, about 20% zeroed; each layer of
+  # a deeper block gets its own slice (different patterns); rate 1 zeroes
+  # everything; a mask of the wrong shape is refused.
+  from jaxseg import layers
+  from jaxseg.models.fc_densenet import DenseBlock, TransitionDown
+
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
+
+  def train_out(block, **kw):
+    variables = block.init(jax.random.key(1), x, train=False)
+    out, _ = block.apply(
+      variables, x, train=True, rngs={'dropout': jax.random.key(5)}, mutable=['batch_stats'], **kw
+    )
+    return out
+
+  out = train_out(DenseBlock(1, 64, 0.2, new_only=True))
+  ref = train_out(DenseBlock(1, 64, 0.0, new_only=True))
+  dropped = out == 0
+  assert 0.18 < float(jnp.mean(dropped)) < 0.22
+  np.testing.assert_allclose(out, jnp.where(dropped, 0.0, ref / 0.8), rtol=1e-6, atol=1e-6)
+  assert float(jnp.mean(ref == 0)) < 1e-3  # the zeros come from the mask
+
+  out = train_out(DenseBlock(2, 64, 0.2, new_only=True))
+  first, second = out[..., :64] == 0, out[..., 64:] == 0
+  assert 0.15 < float(jnp.mean(second)) < 0.25
+  assert float(jnp.mean(first == second)) < 0.8  # independent patterns agree on ~68%
+
+  # A given mask is used as given.
+  keep = jax.random.bernoulli(jax.random.key(9), 0.5, (2, 16, 16, 64))
+  out = train_out(DenseBlock(1, 64, 0.2, new_only=True), keep=keep)
+  np.testing.assert_array_equal(out == 0, ~keep)
+  np.testing.assert_allclose(out, jnp.where(keep, ref / 0.8, 0.0), rtol=1e-6, atol=1e-6)
+
+  assert float(jnp.max(jnp.abs(layers.apply_keep_mask(x, x > 0, 1.0)))) == 0.0
+  with pytest.raises(
+    ValueError, match=r'DenseBlock .*expected shape \(2, 16, 16, 6\), got \(2, 16, 16, 4\)'
+  ):
+    train_out(DenseBlock(2, 3, 0.2), keep=x > 0)
+  with pytest.raises(
+    ValueError, match=r'TransitionDown .*expected shape \(2, 16, 16, 4\), got \(2, 16, 16, 3\)'
+  ):
+    train_out(TransitionDown(0.2), keep=x[..., :3] > 0)
+
+
+def test_network_dropout_is_one_draw():
+  # The whole network's dropout masks come from one random draw (each draw of a
+  # new shape is its own kernel to compile: FC-DenseNet103 had 96), and
+  # `mask_shapes` lists exactly the masks the forward pass uses, odd sizes
+  # included (a wrong list raises in the blocks' shape checks or at the end).
+  small = dict(down_blocks=(2, 1, 2), bottleneck_layers=2, up_blocks=(2, 1, 2), growth_rate=4)
+  model = jaxseg.create_model('fc_densenet56', num_classes=3, first_features=8, **small)
+  x = jax.random.normal(jax.random.key(0), (1, 19, 23, 3))
+  variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
+
+  def train(key, model=model):
+    rngs = {'dropout': key} if key is not None else {}
+    return model.apply(variables, x, train=True, rngs=rngs, mutable=['batch_stats'])[0]
+
+  assert str(jax.make_jaxpr(train)(jax.random.key(2))).count('random_bits') == 1
+  assert model.mask_shapes(x.shape) == [
+    (1, 19, 23, 8), (1, 19, 23, 16),  # down 0: block's new channels, transition down
+    (1, 9, 11, 4), (1, 9, 11, 20),
+    (1, 4, 5, 8), (1, 4, 5, 28),
+    (1, 2, 2, 8),  # bottleneck
+    (1, 4, 5, 8), (1, 9, 11, 4), (1, 19, 23, 8),  # up blocks, at their skips' sizes
+  ]  # fmt: skip
+  jitted = jax.jit(train)
+  a, b, c = jitted(jax.random.key(2)), jitted(jax.random.key(2)), jitted(jax.random.key(3))
+  np.testing.assert_array_equal(a, b)
+  assert float(jnp.max(jnp.abs(a - c))) > 1e-3
+  no_dropout = jaxseg.create_model(
+    'fc_densenet56', num_classes=3, first_features=8, dropout=0.0, **small
+  )
+  off = jax.jit(lambda: train(None, no_dropout))()
+  assert float(jnp.max(jnp.abs(a - off))) > 1e-3  # dropout acted
+
+
 def test_bad_inputs():
   model = jaxseg.create_model('fc_densenet103', num_classes=2)
   init = lambda shape: jax.eval_shape(

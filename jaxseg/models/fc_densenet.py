@@ -27,7 +27,8 @@ Layout: bfortuner/pytorch_tiramisu (the widely used PyTorch port), keys
 (Flax names use '_' before the index: `denseBlocksDown_0/layers_3/conv`). That
 port ends with LogSoftmax; here the model returns logits, as every jaxseg model
 does. Dropout is element-wise, as in the authors' Lasagne code (the port uses
-channel dropout); it only acts in training.
+channel dropout); it only acts in training, and all of a forward pass's masks
+come from one random draw (`FCDenseNet.mask_shapes` lists them).
 
 Pooling is floor-mode and each transition up is cropped to its skip, so any
 input with H, W >= 32 works (odd sizes included) and the logits have the
@@ -47,6 +48,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseg import layers
 from jaxseg.ops import center_crop, max_pool2d
@@ -77,12 +79,28 @@ class DenseBlock(nn.Module):
   buffer: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, keep: Array | None = None) -> Array:
+    """`keep`: the block's dropout keep-mask, (N, H, W, num_layers * growth_rate)
+    booleans, layer j using channels [j * k, (j + 1) * k); `FCDenseNet` passes
+    its slice of the network's one draw. Without it, training draws the block's
+    mask here (one draw for all layers)."""
+    k = self.growth_rate
+    shape = x.shape[:3] + (self.num_layers * k,)
+    if train and self.dropout > 0:
+      keep = _check_keep(keep, shape, 'DenseBlock')
+      if keep is None:
+        keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout, shape)
+    else:
+      keep = None
+
+    def layer_keep(j):
+      return None if keep is None else keep[..., j * k : (j + 1) * k]
+
     if not self.buffer:
       new = []
       for j in range(self.num_layers):
-        y = DenseLayer(self.growth_rate, self.dropout, self.dtype, name=f'layers_{j}')(
-          x, train=train
+        y = DenseLayer(k, self.dropout, self.dtype, name=f'layers_{j}')(
+          x, train=train, keep=layer_keep(j)
         )
         x = jnp.concatenate([x, y], axis=-1)
         new.append(y)
@@ -97,13 +115,15 @@ class DenseBlock(nn.Module):
     # cores, both variants compiled and timed interleaved in one process):
     # 51k -> 39k optimised HLO instructions, 4.48 -> 3.92 CPU-seconds per
     # step; compile time not reduced (45.6 vs 51.0 s in that run, 43.3 vs
-    # 44.4 s in another; ~22 s with dropout 0: the 49 dropout masks' random
-    # bits are the other half).
-    c0, k = x.shape[-1], self.growth_rate
+    # 44.4 s in another; ~22 s with dropout 0: the per-layer dropout draws
+    # were the other half, now one draw, see `FCDenseNet._keep_masks`).
+    c0 = x.shape[-1]
     buf = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.num_layers * k)))
     for j in range(self.num_layers):
       inp = jax.lax.slice_in_dim(buf, 0, c0 + j * k, axis=3)
-      y = DenseLayer(k, self.dropout, self.dtype, name=f'layers_{j}')(inp, train=train)
+      y = DenseLayer(k, self.dropout, self.dtype, name=f'layers_{j}')(
+        inp, train=train, keep=layer_keep(j)
+      )
       buf = jax.lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), c0 + j * k, axis=3)
     return jax.lax.slice_in_dim(buf, c0, buf.shape[3], axis=3) if self.new_only else buf
 
@@ -122,10 +142,12 @@ class DenseLayer(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, keep: Array | None = None) -> Array:
+    """`keep`: this layer's dropout keep-mask (from its block); without it,
+    training draws one here."""
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='norm')(x, train=train))
     x = layers.Conv2d(self.features, 3, padding=1, dtype=self.dtype, name='conv')(x)
-    return nn.Dropout(self.dropout)(x, deterministic=not train or self.dropout == 0)
+    return _dropout(self, x, train, keep, 'DenseLayer')
 
 
 class TransitionDown(nn.Module):
@@ -140,11 +162,26 @@ class TransitionDown(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, keep: Array | None = None) -> Array:
+    """`keep`: the dropout keep-mask (from `FCDenseNet`); without it, training draws one here."""
     x = nn.relu(layers.BatchNorm(dtype=self.dtype, name='norm')(x, train=train))
     x = layers.Conv2d(x.shape[-1], 1, dtype=self.dtype, name='conv')(x)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train or self.dropout == 0)
-    return max_pool2d(x, 2)
+    return max_pool2d(_dropout(self, x, train, keep, 'TransitionDown'), 2)
+
+
+def _check_keep(keep: Array | None, shape, where: str) -> Array | None:
+  if keep is not None and tuple(keep.shape) != tuple(shape):
+    raise ValueError(f'{where} dropout keep-mask: expected shape {tuple(shape)}, got {keep.shape}.')
+  return keep
+
+
+def _dropout(module: nn.Module, x: Array, train: bool, keep: Array | None, where: str) -> Array:
+  """Element-wise dropout with a given keep-mask, or `nn.Dropout`'s own draw without one."""
+  if not train or module.dropout == 0:
+    return x
+  if _check_keep(keep, x.shape, where) is None:
+    return nn.Dropout(module.dropout)(x, deterministic=False)
+  return layers.apply_keep_mask(x, keep, module.dropout)
 
 
 class FCDenseNet(nn.Module):
@@ -186,24 +223,65 @@ class FCDenseNet(nn.Module):
       x, 'FC-DenseNet', channels=self.in_channels, min_size=self.min_input_size
     )
     k, dt = self.growth_rate, self.dtype
+    keeps = self._keep_masks(x.shape, train)
     x = layers.Conv2d(self.first_features, 3, padding=1, dtype=dt, name='firstconv')(x)
     skips = []
     for i, n in enumerate(self.down_blocks):
-      x = DenseBlock(n, k, self.dropout, dtype=dt, name=f'denseBlocksDown_{i}')(x, train=train)
+      x = DenseBlock(n, k, self.dropout, dtype=dt, name=f'denseBlocksDown_{i}')(
+        x, train=train, keep=next(keeps)
+      )
       skips.append(x)
-      x = TransitionDown(self.dropout, dt, name=f'transDownBlocks_{i}')(x, train=train)
+      x = TransitionDown(self.dropout, dt, name=f'transDownBlocks_{i}')(
+        x, train=train, keep=next(keeps)
+      )
     x = DenseBlock(
       self.bottleneck_layers, k, self.dropout, new_only=True, dtype=dt, name='bottleneck'
-    )(x, train=train)
+    )(x, train=train, keep=next(keeps))
     for i, n in enumerate(self.up_blocks):
       skip = skips.pop()
       x = TransitionUp(dt, name=f'transUpBlocks_{i}')(x, skip)
       last = i == len(self.up_blocks) - 1
       x = DenseBlock(n, k, self.dropout, new_only=not last, dtype=dt, name=f'denseBlocksUp_{i}')(
-        x, train=train
+        x, train=train, keep=next(keeps)
       )
+    if next(keeps, 'done') != 'done':
+      raise RuntimeError('FC-DenseNet: mask_shapes lists more dropout masks than __call__ uses.')
     x = layers.Conv2d(self.num_classes, 1, dtype=dt, name='finalConv')(x)
     return x.astype(jnp.float32)
+
+  def mask_shapes(self, input_shape) -> list[tuple[int, ...]]:
+    """Shapes of the dropout keep-masks, in the order `__call__` uses them: per
+    down level the dense block's new channels and the transition down's input,
+    then the bottleneck's and each up block's new channels."""
+    n, h, w = input_shape[:3]
+    k, c, sizes, shapes = self.growth_rate, self.first_features, [], []
+    for layers_ in self.down_blocks:
+      shapes.append((n, h, w, layers_ * k))
+      c += layers_ * k
+      shapes.append((n, h, w, c))
+      sizes.append((h, w))
+      h, w = h // 2, w // 2  # floor-mode 2x2 pooling
+    shapes.append((n, h, w, self.bottleneck_layers * k))
+    for layers_ in self.up_blocks:
+      h, w = sizes.pop()  # cropped to the skip
+      shapes.append((n, h, w, layers_ * k))
+    return shapes
+
+  def _keep_masks(self, input_shape, train: bool):
+    """An iterator over the network's dropout keep-masks, all from one draw.
+
+    Every `jax.random` draw of a new shape is its own threefry kernel in the
+    compiled step: FC-DenseNet103's 96 per-layer draws were about a third of
+    its train-step compile time (one flat draw for all masks, then slices).
+    Yields None (no dropout) outside training or with dropout 0.
+    """
+    shapes = self.mask_shapes(input_shape)
+    if not train or self.dropout == 0:
+      return iter([None] * len(shapes))
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout, (sum(sizes),))
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1])
+    return iter([p.reshape(s) for p, s in zip(parts, shapes, strict=True)])
 
 
 class TransitionUp(nn.Module):
