@@ -68,9 +68,10 @@ def _conv_count(fn, *args) -> int:
 
 
 def _fast(fn, *args) -> bool:
-  """Whether a fast path is taken: no XLA conv at all, or the custom-VJP one (3x3)."""
+  """Whether a GEMM fast path is taken: no XLA conv at all, or one of the GEMM-gradient VJPs."""
   jaxpr = str(jax.make_jaxpr(fn)(*args))
-  return 'conv_general_dilated' not in jaxpr or 'custom_vjp_call' in jaxpr
+  gemm_vjps = ('name=_conv_im2col_grad\n', 'name=_conv_gemm_grads\n')
+  return 'conv_general_dilated' not in jaxpr or any(n in jaxpr for n in gemm_vjps)
 
 
 @pytest.fixture
@@ -224,8 +225,47 @@ def test_grouped_conv_keeps_plain_lowering():
   x = jnp.zeros((1, 6, 7, 8))
   v = module.init(jax.random.key(0), x)
   assert _conv_count(lambda v, x: module.apply(v, x), v, x) == 1
+  assert not _fast(lambda v, x: module.apply(v, x), v, x)
   errs = _compare(module, (1, 6, 7, 8))
   assert max(errs.values()) < 1e-5, errs
+
+
+PADDED_KGRAD_CASES = [
+  # (kwargs, input shape): stride-1 padded convolutions on maps with more output
+  # pixels than channels, which keep XLA's convolution but take its kernel
+  # gradient on the explicitly padded input.
+  (dict(features=6, kernel_size=3, padding=1), (2, 9, 12, 5)),  # odd / even sizes
+  (dict(features=4, kernel_size=7, padding=3), (1, 11, 10, 3)),  # SegNet-Basic's 7x7
+  (dict(features=5, kernel_size=3, padding=2, dilation=2), (2, 13, 10, 4)),  # atrous
+  (dict(features=3, kernel_size=(3, 5), padding=((2, 0), (1, 3))), (1, 8, 9, 4)),  # asymmetric
+  (dict(features=8, kernel_size=3, padding=1, groups=8), (2, 7, 6, 8)),  # depthwise
+  (dict(features=2, kernel_size=3, padding=(1, 0)), (1, 10, 7, 3)),  # padded on one axis only
+]
+
+
+@pytest.mark.parametrize('kwargs,shape', PADDED_KGRAD_CASES)
+def test_conv_padded_kernel_gradient(kwargs, shape):
+  """Outputs and input gradients are XLA's own; the kernel and bias gradients of
+  the explicitly padded VALID convolution equal those of the padded one."""
+  module = layers.Conv2d(**kwargs)
+  x = jnp.zeros(shape)
+  v = module.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
+  assert 'name=_conv_padded_kernel_grad\n' in jaxpr
+  errs = _compare(module, shape, seed=7)
+  assert max(errs.values()) < 1e-6, errs
+
+
+def test_padded_kernel_gradient_only_for_stride_1_with_padding():
+  x = jnp.zeros((1, 9, 8, 3))
+  for module, used in (
+    (layers.Conv2d(4, 3, strides=2, padding=1), False),  # strided: XLA's gradients measured faster
+    (layers.Conv2d(4, 3, padding='VALID'), False),  # nothing to pad
+    (layers.Conv2d(4, 3, padding='SAME'), True),
+  ):
+    v = module.init(jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(lambda v, x, m=module: m.apply(v, x))(v, x))
+    assert ('_conv_padded_kernel_grad' in jaxpr) == used, module
 
 
 TRANSPOSE_CASES = [
