@@ -1,5 +1,7 @@
 """FC-DenseNet56/67/103: counts (with and without BN statistics), parity with the Tiramisu reference."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,11 +155,9 @@ def test_block_dropout_mask():
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
 
   def train_out(block, **kw):
-    variables = block.init(jax.random.key(1), x, train=False)
-    out, _ = block.apply(
-      variables, x, train=True, rngs={'dropout': jax.random.key(5)}, mutable=['batch_stats'], **kw
-    )
-    return out
+    variables = jax.jit(lambda x: block.init(jax.random.key(1), x, train=False))(x)
+    apply = functools.partial(block.apply, train=True, mutable=['batch_stats'], **kw)
+    return jax.jit(lambda v, x: apply(v, x, rngs={'dropout': jax.random.key(5)})[0])(variables, x)
 
   out = train_out(DenseBlock(1, 64, 0.2, new_only=True))
   ref = train_out(DenseBlock(1, 64, 0.0, new_only=True))
