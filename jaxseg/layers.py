@@ -214,6 +214,11 @@ def _conv_out_size(size: int, pad: tuple[int, int], k: int, d: int, s: int) -> i
   return (size + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
 
 
+def _pad_hw(x: Array, pads) -> Array:
+  """Zero-pads the H and W axes of an NHWC array by `pads` ((top, bottom), (left, right))."""
+  return jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+
+
 def _tap_slices(xp: Array, kernel_hw, dilation, strides, out_hw, spatial=(1, 2)) -> list[Array]:
   """The kh*kw strided windows of the padded input, one per kernel tap (row-major).
 
@@ -285,7 +290,7 @@ def _conv_cpu(x: Array, kernel: Array, strides, pads, dilation, groups: int, out
     # Padding beyond the kernel's reach (output pixels that see only padding):
     # XLA:CPU's kernel gradient is 3-8x slower with it than for the explicitly
     # padded VALID convolution (FCN's conv1_1, padded by 100).
-    x = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    x = _pad_hw(x, pads)
     pads = [(0, 0), (0, 0)]
   pads = tuple(tuple(p) for p in pads)
   if any(p < 0 for pair in pads for p in pair) or min(out_hw) < 1:
@@ -342,7 +347,7 @@ def _conv_padded_kernel_grad_fwd(x, kernel, pads, dilation, groups):
 def _conv_padded_kernel_grad_bwd(pads, dilation, groups, res, g):
   x, kernel = res
   _, vjp_x = jax.vjp(lambda x: _conv_plain(x, kernel, (1, 1), pads, dilation, groups), x)
-  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  xp = _pad_hw(x, pads)
   valid = ((0, 0), (0, 0))
   _, vjp_k = jax.vjp(lambda k: _conv_plain(xp, k, (1, 1), valid, dilation, groups), kernel)
   return vjp_x(g)[0], vjp_k(g)[0]
@@ -357,7 +362,7 @@ def _conv_im2col(x: Array, kernel: Array, strides, pads, dilation) -> Array:
   n, h, w, _ = x.shape
   ho = _conv_out_size(h, pads[0], kh, dilation[0], strides[0])
   wo = _conv_out_size(w, pads[1], kw, dilation[1], strides[1])
-  xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+  xp = _pad_hw(x, pads)
   taps = _tap_slices(xp, (kh, kw), dilation, strides, (ho, wo))
   # Column order (tap_i, tap_j, cin) matches the row-major HWIO kernel reshape.
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
@@ -441,7 +446,7 @@ def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dila
   """
   kh, kw, cin, cout = kernel_shape
   n, ho, wo, _ = g.shape
-  xt = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))).transpose(3, 0, 1, 2)
+  xt = _pad_hw(x, pads).transpose(3, 0, 1, 2)
   taps = _tap_slices(xt, (kh, kw), dilation, strides, (ho, wo), spatial=(2, 3))
   patches = jnp.stack(taps).reshape(kh * kw * cin, n * ho * wo)
   dk = jax.lax.dot_general(patches, g.reshape(n * ho * wo, cout), (((1,), (0,)), ((), ())))

@@ -220,7 +220,7 @@ def test_padding_beyond_kernel_is_explicit(groups):
   )
 
 
-def test_grouped_conv_keeps_plain_lowering():
+def test_grouped_conv_keeps_xla_convolution():
   module = layers.Conv2d(8, 3, padding=1, groups=4)
   x = jnp.zeros((1, 6, 7, 8))
   v = module.init(jax.random.key(0), x)

@@ -85,13 +85,7 @@ class DenseBlock(nn.Module):
     its slice of the network's one draw. Without it, training draws the block's
     mask here (one draw for all layers)."""
     k = self.growth_rate
-    shape = x.shape[:3] + (self.num_layers * k,)
-    if train and self.dropout > 0:
-      keep = _check_keep(keep, shape, 'DenseBlock')
-      if keep is None:
-        keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout, shape)
-    else:
-      keep = None
+    keep = _keep_mask(self, keep, x.shape[:3] + (self.num_layers * k,), train, 'DenseBlock')
 
     def layer_keep(j):
       return None if keep is None else keep[..., j * k : (j + 1) * k]
@@ -169,19 +163,22 @@ class TransitionDown(nn.Module):
     return max_pool2d(_dropout(self, x, train, keep, 'TransitionDown'), 2)
 
 
-def _check_keep(keep: Array | None, shape, where: str) -> Array | None:
-  if keep is not None and tuple(keep.shape) != tuple(shape):
+def _keep_mask(module: nn.Module, keep: Array | None, shape, train: bool, where: str):
+  """The dropout keep-mask `module` uses: None outside training or at rate 0, else
+  `keep` as given (shape-checked), or one drawn here when none is given."""
+  if not train or module.dropout == 0:
+    return None
+  if keep is None:
+    return jax.random.bernoulli(module.make_rng('dropout'), 1.0 - module.dropout, shape)
+  if tuple(keep.shape) != tuple(shape):
     raise ValueError(f'{where} dropout keep-mask: expected shape {tuple(shape)}, got {keep.shape}.')
   return keep
 
 
 def _dropout(module: nn.Module, x: Array, train: bool, keep: Array | None, where: str) -> Array:
-  """Element-wise dropout with a given keep-mask, or `nn.Dropout`'s own draw without one."""
-  if not train or module.dropout == 0:
-    return x
-  if _check_keep(keep, x.shape, where) is None:
-    return nn.Dropout(module.dropout)(x, deterministic=False)
-  return layers.apply_keep_mask(x, keep, module.dropout)
+  """Element-wise dropout of `x` with `_keep_mask`'s mask."""
+  keep = _keep_mask(module, keep, x.shape, train, where)
+  return x if keep is None else layers.apply_keep_mask(x, keep, module.dropout)
 
 
 class FCDenseNet(nn.Module):
