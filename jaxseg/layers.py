@@ -437,15 +437,46 @@ def _conv_input_grad_gemm(g: Array, kernel: Array, x_hw, strides, pads, dilation
   return out.transpose(1, 2, 3, 0)
 
 
-def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dilation) -> Array:
-  """Kernel gradient of `_conv_plain` (groups=1) as one GEMM over transposed patches.
+def _shifted_grads(g: Array, x_hw, kernel_hw, strides, pads, dilation) -> list[Array]:
+  """For each kernel tap (row-major), g moved onto the input pixels that tap reads.
 
-  The small input is transposed once to (cin, n, h, w), its kh*kw strided tap
-  windows stacked into a (kh*kw*cin, pixels) patch matrix, which multiplies
-  g (pixels, cout) directly into the HWIO kernel layout.
+  Tap (i, j) of output pixel (p, q) reads input pixel (p*s + i*d - pad, ...); the
+  returned (n, h, w, cout) array holds g[n, p, q] at that input pixel and zeros
+  where the tap reads nothing (stride gaps as interior padding, out-of-range
+  taps as negative padding), so `x^T . shifted` is the tap's kernel gradient.
+  """
+  (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilation
+  _, ho, wo, _ = g.shape
+  zero = jnp.zeros((), g.dtype)
+  shifted = []
+  for i in range(kh):
+    for j in range(kw):
+      lo_h, lo_w = i * dh - pads[0][0], j * dw - pads[1][0]
+      hi_h, hi_w = x_hw[0] - lo_h - (ho - 1) * sh - 1, x_hw[1] - lo_w - (wo - 1) * sw - 1
+      config = ((0, 0, 0), (lo_h, hi_h, sh - 1), (lo_w, hi_w, sw - 1), (0, 0, 0))
+      shifted.append(jax.lax.pad(g, zero, config))
+  return shifted
+
+
+def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dilation) -> Array:
+  """Kernel gradient of `_conv_plain` (groups=1) as one GEMM.
+
+  Whichever side is smaller is replicated per tap. Usually the input: it is
+  transposed once to (cin, n, h, w), its kh*kw strided tap windows stacked into
+  a (kh*kw*cin, pixels) patch matrix, which multiplies g (pixels, cout) directly
+  into the HWIO kernel layout. When the output has at most half as many values
+  per tap (PSPNet's 3x3 4096 -> 512 head: 8x fewer), g is shifted per tap
+  instead (`_shifted_grads`) and `x (pixels, cin)^T . [shifted] (pixels,
+  kh*kw*cout)` gives the kernel in (cin, kh, kw, cout) order, transposed once.
   """
   kh, kw, cin, cout = kernel_shape
   n, ho, wo, _ = g.shape
+  h, w = x.shape[1:3]
+  if 2 * h * w * cout <= ho * wo * cin:
+    shifted = _shifted_grads(g, (h, w), (kh, kw), strides, pads, dilation)
+    cols = jnp.concatenate(shifted, axis=-1).reshape(n * h * w, kh * kw * cout)
+    dk = jax.lax.dot_general(x.reshape(n * h * w, cin), cols, (((0,), (0,)), ((), ())))
+    return dk.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
   xt = _pad_hw(x, pads).transpose(3, 0, 1, 2)
   taps = _tap_slices(xt, (kh, kw), dilation, strides, (ho, wo), spatial=(2, 3))
   patches = jnp.stack(taps).reshape(kh * kw * cin, n * ho * wo)

@@ -138,13 +138,22 @@ SMALL_MAP_CASES = [
   (dict(features=30, kernel_size=(3, 5), padding=((2, 0), (1, 3)), dilation=(2, 1)), (1, 6, 5, 4)),
   (dict(features=20, kernel_size=7, padding='VALID'), (2, 9, 8, 3)),  # fc6: slices + GEMM forward
   (dict(features=16, kernel_size=(2, 3), strides=(2, 1), padding='VALID'), (1, 5, 7, 3)),
+  # cin >> cout (PSPNet's 3x3 4096 -> 512 head): the kernel gradient shifts g per tap.
+  (dict(features=8, kernel_size=3, padding=1), (1, 2, 3, 20)),
+  (dict(features=10, kernel_size=3, strides=2, padding=1), (1, 5, 4, 80)),  # stride: interior pad
+  (dict(features=18, kernel_size=3, padding=2, dilation=2), (2, 3, 3, 40)),  # taps reach past the map
 ]
+SHIFTED_KERNEL_GRAD = {6, 7, 8}  # indices of the cases above that take `_shifted_grads`
 
 
-@pytest.mark.parametrize('kwargs,shape', SMALL_MAP_CASES)
-def test_conv_small_map_gemm_gradients(kwargs, shape):
+@pytest.mark.parametrize('case', range(len(SMALL_MAP_CASES)))
+def test_conv_small_map_gemm_gradients(case, monkeypatch):
   """Small maps: XLA's forward (or im2col for large kernels) with GEMM gradients that read
   the kernel as stored; outputs and gradients equal the plain lowering's."""
+  kwargs, shape = SMALL_MAP_CASES[case]
+  shifted = []
+  real = layers._shifted_grads
+  monkeypatch.setattr(layers, '_shifted_grads', lambda *a: shifted.append(1) or real(*a))
   module = layers.Conv2d(**kwargs)
   x = jnp.zeros(shape)
   v = module.init(jax.random.key(0), x)
@@ -153,6 +162,7 @@ def test_conv_small_map_gemm_gradients(kwargs, shape):
   assert 'custom_vjp_call' in str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
   errs = _compare(module, shape, seed=5)
   assert max(errs.values()) < 1e-5, errs
+  assert bool(shifted) == (case in SHIFTED_KERNEL_GRAD)
 
 
 def test_taps_reading_only_padding_are_dropped():
