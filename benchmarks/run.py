@@ -245,14 +245,16 @@ def bench_jax(
   def infer(variables, x):
     return model.apply(variables, x, train=False)
 
-  train_jit = jax.jit(train_step, donate_argnums=(0,))
-  infer_jit = jax.jit(infer)
+  options = layers.cpu_compiler_options(model)
+  train_jit = jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
+  infer_jit = jax.jit(infer, compiler_options=options)
   key = jax.random.key(2)
   result: dict[str, Any] = {
     'batch': batch,
     'input_shape': list(spec.shape),
     'output_shape': list(main_shape),
     'params': int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(params))),
+    'compiler_options': options,  # the model's XLA:CPU compile options (layers.cpu_compiler_options)
   }
 
   with RSSSampler() as mem:

@@ -173,6 +173,29 @@ def ynn_convolutions() -> bool:
 
 _XLA_CPU_CONFIGURED = configure_xla_cpu()
 
+
+def cpu_compiler_options(model) -> dict[str, Any] | None:
+  """The XLA:CPU compile options `model` asks for, for `jax.jit(..., compiler_options=...)`.
+
+  A model may list options in a `xla_cpu_compiler_options` attribute:
+  trade-offs that pay for one architecture and not another, so they are per
+  jitted function rather than process-wide XLA_FLAGS (FC-DenseNet103's ~1,400
+  small kernels compile 20-40% faster without XLA:CPU's MLIR fusion emitters
+  at an even step, while ResNet steps run 7-10% slower without them). The trainer and
+  the benchmarks pass the result to their jits. Returns None (XLA's defaults)
+  off CPU, when JAXSEG_KEEP_XLA_FLAGS is set, and on jaxlib versions where the
+  options were not verified to exist (XLA rejects unknown options); an option
+  the user sets in XLA_FLAGS is left to XLA_FLAGS.
+  """
+  options = dict(getattr(model, 'xla_cpu_compiler_options', None) or {})
+  if not options or os.environ.get(_OPT_OUT_ENV) or jax.default_backend() != 'cpu':
+    return None
+  low, high = _YNN_FLAG_JAXLIB
+  if not low <= _jaxlib_version() < high:
+    return None
+  return {k: v for k, v in options.items() if _xla_flag_value(k) is None} or None
+
+
 _FASTPATH: list[bool] = [True]
 
 # Patch matrices above this size fall back to the plain lowering (memory).

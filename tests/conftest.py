@@ -1,5 +1,6 @@
 """Shared test helpers: seeded torch models, NHWC <-> NCHW, relative error."""
 
+import functools
 import os
 
 # Tests that need several devices set this before JAX starts (see test_train_multidevice);
@@ -30,14 +31,15 @@ def abstract_init(model, shape):
   return variables, out
 
 
-def train_grads(model, variables, x):
+def train_grads(model, variables, x, compiler_options=None):
   """(gradients w.r.t. every parameter, train-mode output) of a nonlinear loss of the output.
 
-  Every non-parameter collection (BatchNorm statistics) is mutable, dropout gets a fixed key.
+  Every non-parameter collection (BatchNorm statistics) is mutable, dropout gets a fixed key;
+  `compiler_options` go to the jit.
   """
   rest = {k: v for k, v in variables.items() if k != 'params'}
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compiler_options)
   def run(params, x):
     def loss(params):
       out = model.apply(

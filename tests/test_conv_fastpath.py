@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxseg
 from jaxseg import layers, ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -430,6 +431,29 @@ def test_configure_xla_cpu(monkeypatch):
   monkeypatch.setattr(layers, '_jaxlib_version', lambda: (0, 10))
   monkeypatch.setattr(xla_bridge, 'backends_are_initialized', lambda: True)
   assert not layers.configure_xla_cpu() and os.environ['XLA_FLAGS'] == ''
+
+
+def test_cpu_compiler_options(monkeypatch):
+  """A model's `xla_cpu_compiler_options` apply on CPU only, never over XLA_FLAGS or the opt-out."""
+  fc_densenet = jaxseg.create_model('fc_densenet103', num_classes=3)
+  wanted = {'xla_cpu_use_fusion_emitters': False}
+  monkeypatch.delenv(layers._OPT_OUT_ENV, raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  monkeypatch.setattr(layers, '_jaxlib_version', lambda: (0, 10))
+  assert layers.cpu_compiler_options(fc_densenet) == wanted
+  for shallow in ('fc_densenet56', 'fc_densenet67', 'fcn8s'):  # XLA's defaults
+    assert layers.cpu_compiler_options(jaxseg.create_model(shallow, num_classes=3)) is None
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_use_fusion_emitters=true')  # the user's choice wins
+  assert layers.cpu_compiler_options(fc_densenet) is None
+  monkeypatch.setenv('XLA_FLAGS', '')
+  monkeypatch.setenv(layers._OPT_OUT_ENV, '1')
+  assert layers.cpu_compiler_options(fc_densenet) is None
+  monkeypatch.delenv(layers._OPT_OUT_ENV)
+  monkeypatch.setattr(layers, '_jaxlib_version', lambda: (0, 99))  # unverified: XLA rejects unknown options
+  assert layers.cpu_compiler_options(fc_densenet) is None
+  monkeypatch.setattr(layers, '_jaxlib_version', lambda: (0, 10))
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert layers.cpu_compiler_options(fc_densenet) is None
 
 
 def test_import_sets_flag_that_reaches_xla():

@@ -99,6 +99,21 @@ def test_gradients_reach_every_parameter():
   assert out.shape == (2, 9, 11, 3)
   assert_gradients_everywhere(grads, out)
 
+  # The XLA:CPU compile options the trainer and benchmarks use for deep FC-DenseNets (no
+  # fusion emitters) change compile time, not results: the same gradients with them.
+  assert jaxseg.layers.cpu_compiler_options(model) is None  # shallow: XLA's defaults
+  deep = model.clone(bottleneck_layers=64)
+  options = jaxseg.layers.cpu_compiler_options(deep)
+  assert options == {'xla_cpu_use_fusion_emitters': False}
+  grads_opt, out_opt = train_grads(model, variables, x, compiler_options=options)
+  assert rel_err(out_opt, out) < 1e-5
+  # Per leaf against the largest gradient: some are rounding noise around zero (a bias
+  # that the following BatchNorm cancels).
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
+  leaves = zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_opt), strict=True)
+  for (path, g), g_opt in leaves:
+    assert float(jnp.max(jnp.abs(g_opt - g))) < 1e-5 * scale, path
+
 
 @pytest.mark.parametrize('new_only', [False, True])
 def test_buffer_dense_block_equals_concatenation(new_only):

@@ -119,6 +119,22 @@ def test_nothing_written_when_the_first_step_fails(tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
+def test_model_compiler_options_reach_the_step_compile(monkeypatch, tmp_path):
+  """The trainer compiles its steps with `layers.cpu_compiler_options(model)`: an option XLA
+  does not know fails the first step's compile (and nothing is written)."""
+  seen = []
+
+  def options(model):
+    seen.append(type(model).__name__)
+    return {'xla_no_such_option_for_the_test': True}
+
+  monkeypatch.setattr(train_lib.layers, 'cpu_compiler_options', options)
+  with pytest.raises(Exception, match='xla_no_such_option_for_the_test'):
+    train_lib.train_and_evaluate(smoke_config(2), str(tmp_path), progress=False)
+  assert seen == ['FCN']
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
 def test_batch_not_divisible_by_devices_is_explained(monkeypatch):
   par = train_lib.Parallel('jit', train_lib.step_config(smoke_config()))
   monkeypatch.setattr(par, 'num_devices', 4)

@@ -279,7 +279,9 @@ def eval_step(state: TrainState, batch: dict, *, cfg: StepConfig) -> Array:
 class Parallel:
   """Places batches and runs the steps for config.train.parallelism ('jit' or 'pmap')."""
 
-  def __init__(self, mode: str, cfg: StepConfig):
+  def __init__(self, mode: str, cfg: StepConfig, compiler_options: dict | None = None):
+    """`compiler_options`: XLA compile options for the jitted steps (`layers.cpu_compiler_options`
+    of the model); `jax.pmap` takes none, so the pmap mode compiles with XLA's defaults."""
     if mode not in ('jit', 'pmap'):
       raise ValueError(f"config.train.parallelism must be 'jit' or 'pmap', got {mode!r}.")
     self.mode = mode
@@ -293,8 +295,13 @@ class Parallel:
         functools.partial(train_step, cfg=cfg),
         donate_argnums=(0,),
         out_shardings=(self.replicated, self.replicated),
+        compiler_options=compiler_options,
       )
-      self._eval = jax.jit(functools.partial(eval_step, cfg=cfg), out_shardings=self.replicated)
+      self._eval = jax.jit(
+        functools.partial(eval_step, cfg=cfg),
+        out_shardings=self.replicated,
+        compiler_options=compiler_options,
+      )
     else:
       pcfg = cfg.replace(axis_name='batch')
 
@@ -503,14 +510,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, progr
   workdir = os.path.abspath(os.fspath(workdir))
   checkpointing.check_workdir(workdir)
   cfg = step_config(config)
-  parallel = Parallel(config.train.get('parallelism', 'jit'), cfg)
+  model = build_model(config)
+  parallel = Parallel(config.train.get('parallelism', 'jit'), cfg, layers.cpu_compiler_options(model))
   parallel.check_batch_size(int(config.train.batch_size), 'config.train.batch_size')
   parallel.check_batch_size(int(config.eval.batch_size), 'config.eval.batch_size')
   num_steps = int(config.train.num_steps) * int(config.train.get('grad_accum_steps', 1))
   if num_steps < 1:
     raise ValueError(f'config.train.num_steps must be >= 1, got {config.train.num_steps}.')
 
-  model = build_model(config)
   rng = jax.random.key(int(config.train.seed))
   init_rng, step_rng = jax.random.split(rng)
   train_iter = data_lib.create_train_iterator(
@@ -632,7 +639,10 @@ _PREDICT_FNS: dict[int, Any] = {}
 def _jitted_apply(apply_fn):
   key = id(getattr(apply_fn, '__self__', apply_fn))
   if key not in _PREDICT_FNS:
-    _PREDICT_FNS[key] = jax.jit(lambda v, x: jnp.argmax(apply_fn(v, x, train=False), axis=-1))
+    _PREDICT_FNS[key] = jax.jit(
+      lambda v, x: jnp.argmax(apply_fn(v, x, train=False), axis=-1),
+      compiler_options=layers.cpu_compiler_options(getattr(apply_fn, '__self__', None)),
+    )
   return _PREDICT_FNS[key]
 
 

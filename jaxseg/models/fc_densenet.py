@@ -57,6 +57,10 @@ from jaxseg.registry import register_model
 Array = jax.Array
 
 
+# Dense layers above which FCDenseNet asks XLA:CPU for its faster-compiling loop emitters.
+_FAST_COMPILE_LAYERS = 64
+
+
 class DenseBlock(nn.Module):
   """n x (BN-ReLU-3x3 conv-dropout), densely connected.
 
@@ -209,6 +213,23 @@ class FCDenseNet(nn.Module):
   @property
   def min_input_size(self) -> int:
     return 2 ** len(self.down_blocks)
+
+  @property
+  def xla_cpu_compiler_options(self) -> dict[str, Any] | None:
+    """XLA:CPU compile options for deep configurations (`layers.cpu_compiler_options`).
+
+    Every dense layer's channel count differs, so the network is ~15 distinct kernels per
+    layer that XLA:CPU compiles one by one. Above `_FAST_COMPILE_LAYERS` dense layers
+    (FC-DenseNet103's 91) the train step is compiled without the MLIR fusion emitters:
+    same lowered HLO, 2 cores, fresh or interleaved compiles, 66.4 -> 41.7 s (CPU 109 ->
+    68 s) and 64.6 -> 52.8 s, train step even (1.17 vs 1.15 s, 1.07 vs 1.10 s, 1.19 vs
+    1.14 s), inference 6% faster. Shallower ones (FC-DenseNet56's 44 layers, ~20-25 s)
+    keep XLA's defaults: their train step measured 4-19% slower without the emitters.
+    """
+    layers_total = sum(self.down_blocks) + self.bottleneck_layers + sum(self.up_blocks)
+    if layers_total > _FAST_COMPILE_LAYERS:
+      return {'xla_cpu_use_fusion_emitters': False}
+    return None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
