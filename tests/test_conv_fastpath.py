@@ -139,7 +139,7 @@ SMALL_MAP_CASES = [
   (dict(features=30, kernel_size=(3, 5), padding=((2, 0), (1, 3)), dilation=(2, 1)), (1, 6, 5, 4)),
   (dict(features=20, kernel_size=7, padding='VALID'), (2, 9, 8, 3)),  # fc6: slices + GEMM forward
   (dict(features=16, kernel_size=(2, 3), strides=(2, 1), padding='VALID'), (1, 5, 7, 3)),
-  # cin >> cout (PSPNet's 3x3 4096 -> 512 head): the kernel gradient shifts g per tap.
+  # cin >> cout (PSPNet's 3x3 4096 -> 512 head): both gradients from g shifted per tap.
   (dict(features=8, kernel_size=3, padding=1), (1, 2, 3, 20)),
   (dict(features=10, kernel_size=3, strides=2, padding=1), (1, 5, 4, 80)),  # stride: interior pad
   (dict(features=18, kernel_size=3, padding=2, dilation=2), (2, 3, 3, 40)),  # taps reach past the map
