@@ -505,11 +505,12 @@ def _conv_grads_shifted(x: Array, kernel: Array, g: Array, strides, pads, dilati
   cols`, in (cin, kh, kw, cout) order, transposed once to HWIO, and the input
   gradient `cols . kernel^T` with the kernel as (kh*kw*cout, cin): no overlap-add
   and no channel-major copies of the input. Used where the input has at least
-  4x as many values per tap as the output (PSPNet's 3x3 4096 -> 512 head at
-  16x16: 8x), where replicating g costs far less than replicating the input.
-  That head alone: kernel gradient 231 -> 158 ms. Train steps against the
-  patch-based gradients (interleaved A/Bs): PSPNet 1.126x (7 repetitions); the
-  padded U-Net's 1024 -> 512 convolutions (2x) 0.976x, so they keep the patches.
+  8x as many values per tap as the output (PSPNet's 3x3 4096 -> 512 head at
+  16x16), where replicating g costs far less than replicating the input. That
+  head alone: kernel gradient 231 -> 158 ms. Train steps against the
+  patch-based gradients (interleaved A/Bs of 5-7): PSPNet 1.126x and 1.053x;
+  at 4x (torchvision fcn_resnet101's 2048 -> 512 head) 0.945x and at 2x (the
+  padded U-Net's 1024 -> 512) 0.976x, so those keep the patches.
   """
   kh, kw, cin, cout = kernel.shape
   n, h, w, _ = x.shape
@@ -546,7 +547,7 @@ def _conv_gemm_grads_fwd(x, kernel, strides, pads, dilation):
 def _conv_gemm_grads_bwd(strides, pads, dilation, res, g):
   x, kernel = res
   (h, w), (ho, wo), cin, cout = x.shape[1:3], g.shape[1:3], kernel.shape[2], kernel.shape[3]
-  if 4 * h * w * cout <= ho * wo * cin:
+  if 8 * h * w * cout <= ho * wo * cin:
     dx, dk = _conv_grads_shifted(x, kernel, g, strides, pads, dilation)
   else:
     dx = _conv_input_grad_gemm(g, kernel, x.shape[1:3], strides, pads, dilation)

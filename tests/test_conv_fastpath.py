@@ -140,10 +140,10 @@ SMALL_MAP_CASES = [
   (dict(features=20, kernel_size=7, padding='VALID'), (2, 9, 8, 3)),  # fc6: slices + GEMM forward
   (dict(features=16, kernel_size=(2, 3), strides=(2, 1), padding='VALID'), (1, 5, 7, 3)),
   # cin >> cout (PSPNet's 3x3 4096 -> 512 head): both gradients from g shifted per tap.
-  (dict(features=8, kernel_size=3, padding=1), (1, 2, 3, 40)),
-  (dict(features=10, kernel_size=3, strides=2, padding=1), (1, 5, 4, 160)),  # stride: interior pad
-  (dict(features=18, kernel_size=3, padding=2, dilation=2), (2, 3, 3, 80)),  # taps past the map
-  (dict(features=8, kernel_size=3, padding=1), (1, 2, 3, 24)),  # input 3x the output: patches
+  (dict(features=8, kernel_size=3, padding=1), (1, 2, 3, 64)),
+  (dict(features=10, kernel_size=3, strides=2, padding=1), (1, 5, 4, 272)),  # stride: interior pad
+  (dict(features=18, kernel_size=3, padding=2, dilation=2), (2, 3, 3, 144)),  # taps past the map
+  (dict(features=8, kernel_size=3, padding=1), (1, 2, 3, 48)),  # input 6x the output: patches
 ]
 SHIFTED_KERNEL_GRAD = {6, 7, 8}  # indices of the cases above that take `_shifted_grads`
 
