@@ -99,16 +99,25 @@ def test_gradients_reach_every_parameter():
   assert out.shape == (2, 9, 11, 3)
   assert_gradients_everywhere(grads, out)
 
-  # The XLA:CPU compile options the trainer and benchmarks use for deep FC-DenseNets (no
-  # fusion emitters) change compile time, not results: the same gradients with them.
+
+def test_deep_fc_densenet_compile_options_keep_results():
+  """Deep FC-DenseNets (FC-DenseNet103) are compiled without XLA:CPU's fusion emitters
+  (`FCDenseNet.xla_cpu_compiler_options`): faster compiles, the same numbers. Checked on
+  a dense block's train-mode output and gradients, compiled with and without them."""
+  from jaxseg.models.fc_densenet import DenseBlock
+
+  model = jaxseg.create_model('fc_densenet56', num_classes=3)
   assert jaxseg.layers.cpu_compiler_options(model) is None  # shallow: XLA's defaults
-  deep = model.clone(bottleneck_layers=64)
-  options = jaxseg.layers.cpu_compiler_options(deep)
+  options = jaxseg.layers.cpu_compiler_options(model.clone(bottleneck_layers=64))
   assert options == {'xla_cpu_use_fusion_emitters': False}
-  grads_opt, out_opt = train_grads(model, variables, x, compiler_options=options)
+  block = DenseBlock(num_layers=3, growth_rate=3, dropout=0.2)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
+  variables = jax.jit(lambda x: block.init(jax.random.key(1), x, train=False))(x)
+  grads, out = train_grads(block, variables, x)
+  grads_opt, out_opt = train_grads(block, variables, x, compiler_options=options)
   assert rel_err(out_opt, out) < 1e-5
-  # Per leaf against the largest gradient: some are rounding noise around zero (a bias
-  # that the following BatchNorm cancels).
+  # Per leaf against the largest gradient: a conv bias that the next BatchNorm cancels has a
+  # gradient of rounding noise around zero.
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
   leaves = zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_opt), strict=True)
   for (path, g), g_opt in leaves:
