@@ -138,6 +138,12 @@ def _jaxlib_version() -> tuple[int, ...]:
     return ()
 
 
+def _jaxlib_verified() -> bool:
+  """Whether this jaxlib is one the XLA flag/options jaxseg sets were verified on."""
+  low, high = _YNN_FLAG_JAXLIB
+  return low <= _jaxlib_version() < high
+
+
 def configure_xla_cpu() -> bool:
   """Moves XLA:CPU's dots and convolutions from YNNPACK to Eigen (XLA_FLAGS).
 
@@ -151,8 +157,7 @@ def configure_xla_cpu() -> bool:
   """
   if os.environ.get(_OPT_OUT_ENV) or _xla_flag_value(_YNN_FLAG) is not None:
     return False
-  low, high = _YNN_FLAG_JAXLIB
-  if not low <= _jaxlib_version() < high:
+  if not _jaxlib_verified():
     return False
   try:
     from jax._src import xla_bridge
@@ -190,8 +195,7 @@ def cpu_compiler_options(model) -> dict[str, Any] | None:
   options = dict(getattr(model, 'xla_cpu_compiler_options', None) or {})
   if not options or os.environ.get(_OPT_OUT_ENV) or jax.default_backend() != 'cpu':
     return None
-  low, high = _YNN_FLAG_JAXLIB
-  if not low <= _jaxlib_version() < high:
+  if not _jaxlib_verified():
     return None
   return {k: v for k, v in options.items() if _xla_flag_value(k) is None} or None
 
@@ -434,51 +438,47 @@ def _conv_input_grad_gemm(g: Array, kernel: Array, x_hw, strides, pads, dilation
   `kernel (kh*kw*cin, cout) . g (pixels, cout)^T`: both operands contract their
   contiguous last axis and the kernel is used as stored (no transposed or flipped
   copy), the form Eigen's GEMM runs at full speed. Each tap's (cin, n, ho, wo)
-  block is then scattered back to its input positions by an interior-padded
-  shift (the stride) at its dilated offset, summed, and the padding cropped.
+  block is then moved onto the input pixels its tap reads (`_tap_placements`)
+  and the blocks summed.
   """
   kh, kw, cin, cout = kernel.shape
   n, ho, wo, _ = g.shape
-  (sh, sw), (dh, dw) = strides, dilation
   cols = jax.lax.dot_general(
     kernel.reshape(kh * kw * cin, cout), g.reshape(n * ho * wo, cout), (((1,), (1,)), ((), ()))
   ).reshape(kh, kw, cin, n, ho, wo)
-  hp, wp = x_hw[0] + pads[0][0] + pads[0][1], x_hw[1] + pads[1][0] + pads[1][1]
   zero = jnp.zeros((), cols.dtype)
   out = None
-  for i in range(kh):
-    for j in range(kw):
-      r0, c0 = i * dh, j * dw
-      r1, c1 = r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1
-      block = jax.lax.pad(
-        cols[i, j], zero, ((0, 0, 0), (0, 0, 0), (r0, hp - r1, sh - 1), (c0, wp - c1, sw - 1))
-      )
-      out = block if out is None else out + block
-  out = jax.lax.slice(
-    out, (0, 0, pads[0][0], pads[1][0]), (cin, n, pads[0][0] + x_hw[0], pads[1][0] + x_hw[1])
-  )
+  for t, (ph, pw) in enumerate(_tap_placements(x_hw, (ho, wo), (kh, kw), strides, pads, dilation)):
+    block = jax.lax.pad(cols[t // kw, t % kw], zero, ((0, 0, 0), (0, 0, 0), ph, pw))
+    out = block if out is None else out + block
   return out.transpose(1, 2, 3, 0)
 
 
-def _shifted_grads(g: Array, x_hw, kernel_hw, strides, pads, dilation) -> list[Array]:
-  """For each kernel tap (row-major), g moved onto the input pixels that tap reads.
+def _tap_placements(x_hw, out_hw, kernel_hw, strides, pads, dilation) -> list:
+  """Per kernel tap (row-major), the `lax.pad` configs ((low, high, interior) for H, W)
+  that move an output-grid array onto the input pixels the tap reads.
 
-  Tap (i, j) of output pixel (p, q) reads input pixel (p*s + i*d - pad, ...); the
-  returned (n, h, w, cout) array holds g[n, p, q] at that input pixel and zeros
-  where the tap reads nothing (stride gaps as interior padding, out-of-range
-  taps as negative padding), so `x^T . shifted` is the tap's kernel gradient.
+  Tap (i, j) of output pixel (p, q) reads input pixel (p*s + i*d - pad, ...): the
+  stride becomes interior padding, the offset low padding, and input rows the tap
+  never reads zeros (negative padding crops what falls outside the input).
   """
-  (kh, kw), (sh, sw), (dh, dw) = kernel_hw, strides, dilation
-  _, ho, wo, _ = g.shape
-  zero = jnp.zeros((), g.dtype)
-  shifted = []
+  (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_hw, strides, dilation, out_hw
+  placements = []
   for i in range(kh):
     for j in range(kw):
       lo_h, lo_w = i * dh - pads[0][0], j * dw - pads[1][0]
       hi_h, hi_w = x_hw[0] - lo_h - (ho - 1) * sh - 1, x_hw[1] - lo_w - (wo - 1) * sw - 1
-      config = ((0, 0, 0), (lo_h, hi_h, sh - 1), (lo_w, hi_w, sw - 1), (0, 0, 0))
-      shifted.append(jax.lax.pad(g, zero, config))
-  return shifted
+      placements.append(((lo_h, hi_h, sh - 1), (lo_w, hi_w, sw - 1)))
+  return placements
+
+
+def _shifted_grads(g: Array, x_hw, kernel_hw, strides, pads, dilation) -> list[Array]:
+  """For each kernel tap (row-major), g (n, ho, wo, cout) moved onto the input
+  pixels that tap reads (`_tap_placements`), zeros elsewhere: `x^T . shifted`
+  is the tap's kernel gradient."""
+  zero = jnp.zeros((), g.dtype)
+  places = _tap_placements(x_hw, g.shape[1:3], kernel_hw, strides, pads, dilation)
+  return [jax.lax.pad(g, zero, ((0, 0, 0), ph, pw, (0, 0, 0))) for ph, pw in places]
 
 
 def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dilation) -> Array:
@@ -550,7 +550,7 @@ def _conv_gemm_grads_bwd(strides, pads, dilation, res, g):
   if 8 * h * w * cout <= ho * wo * cin:
     dx, dk = _conv_grads_shifted(x, kernel, g, strides, pads, dilation)
   else:
-    dx = _conv_input_grad_gemm(g, kernel, x.shape[1:3], strides, pads, dilation)
+    dx = _conv_input_grad_gemm(g, kernel, (h, w), strides, pads, dilation)
     dk = _conv_kernel_grad_gemm(x, g, kernel.shape, strides, pads, dilation)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 

@@ -637,11 +637,12 @@ _PREDICT_FNS: dict[int, Any] = {}
 
 
 def _jitted_apply(apply_fn):
-  key = id(getattr(apply_fn, '__self__', apply_fn))
+  model = getattr(apply_fn, '__self__', None)
+  key = id(apply_fn if model is None else model)
   if key not in _PREDICT_FNS:
     _PREDICT_FNS[key] = jax.jit(
       lambda v, x: jnp.argmax(apply_fn(v, x, train=False), axis=-1),
-      compiler_options=layers.cpu_compiler_options(getattr(apply_fn, '__self__', None)),
+      compiler_options=layers.cpu_compiler_options(model),
     )
   return _PREDICT_FNS[key]
 
