@@ -393,12 +393,68 @@ def _conv_im2col(x: Array, kernel: Array, strides, pads, dilation) -> Array:
   taps = _tap_slices(xp, (kh, kw), dilation, strides, (ho, wo))
   # Column order (tap_i, tap_j, cin) matches the row-major HWIO kernel reshape.
   patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  y = jax.lax.dot_general(
-    patches.reshape(n * ho * wo, kh * kw * cin),
-    kernel.reshape(kh * kw * cin, cout),
-    (((1,), (0,)), ((), ())),
-  )
+  y = _matmul(patches.reshape(n * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
   return y.reshape(n, ho, wo, cout)
+
+
+# Eigen's GEMM (XLA:CPU's dot with jaxseg's flag) computes `a . b^T` (both operands
+# contracting their minor axis, the input gradient of every 1x1 convolution and the
+# forward of every transposed convolution) far below its `a . b` speed when `b` has
+# many rows, and pathologically when `a` has only a few. Measured on 2 cores, a (m, k),
+# b (n, k): DeconvNet's fc6_deconv (m=2, k=4096, n=25088) 632 ms, as m matrix-vector
+# products 27.5 ms; FCN's fc7 input gradient shape (m=512, k=n=4096) 187 ms, with b
+# transposed once into (k, n) and a plain GEMM 108 ms; ResNet's 2048 -> 512 1x1
+# input gradient (m=512, k=512, n=2048) 9.5 vs 4.8 ms. For n <= 1024 the forms are
+# even (512 -> 2048: n=512, 5.3 vs 6.3 ms), so `b` is only transposed from n = 2048.
+_GEMV_MAX_ROWS = 8
+_NT_TRANSPOSE_MIN_ROWS = 2048
+
+
+def _dot_nt(a: Array, b: Array) -> Array:
+  """`a (m, k) . b (n, k)^T` in the form XLA:CPU's GEMM runs fast (see above)."""
+  m, n = a.shape[0], b.shape[0]
+  if m <= _GEMV_MAX_ROWS:
+    return jnp.stack([jax.lax.dot_general(b, a[i], (((1,), (0,)), ((), ()))) for i in range(m)])
+  if n >= _NT_TRANSPOSE_MIN_ROWS:
+    # The barrier keeps XLA from folding the transpose back into the dot.
+    return jnp.matmul(a, jax.lax.optimization_barrier(b.T))
+  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+
+
+@jax.custom_vjp
+def _matmul(x: Array, w: Array) -> Array:
+  """`x (m, k) . w (k, n)` whose input gradient `g . w^T` takes `_dot_nt`'s fast form."""
+  return jnp.matmul(x, w)
+
+
+def _matmul_fwd(x, w):
+  return jnp.matmul(x, w), (x, w)
+
+
+def _matmul_bwd(res, g):
+  x, w = res
+  return _dot_nt(g, w), jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())))
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+@jax.custom_vjp
+def _matmul_nt(a: Array, b: Array) -> Array:
+  """`_dot_nt(a, b)` (`a . b^T`) with the plain GEMM gradients `g . b` and `g^T . a`."""
+  return _dot_nt(a, b)
+
+
+def _matmul_nt_fwd(a, b):
+  return _dot_nt(a, b), (a, b)
+
+
+def _matmul_nt_bwd(res, g):
+  a, b = res
+  return jnp.matmul(g, b), jax.lax.dot_general(g, a, (((0,), (0,)), ((), ())))
+
+
+_matmul_nt.defvjp(_matmul_nt_fwd, _matmul_nt_bwd)
 
 
 def _conv_plain(x: Array, kernel: Array, strides, pads, dilation, groups: int = 1) -> Array:
@@ -435,17 +491,16 @@ _conv_im2col_grad.defvjp(_conv_im2col_grad_fwd, _conv_im2col_grad_bwd)
 def _conv_input_grad_gemm(g: Array, kernel: Array, x_hw, strides, pads, dilation) -> Array:
   """Input gradient of `_conv_plain` (groups=1) as one GEMM plus a col2im overlap-add.
 
-  `kernel (kh*kw*cin, cout) . g (pixels, cout)^T`: both operands contract their
-  contiguous last axis and the kernel is used as stored (no transposed or flipped
-  copy), the form Eigen's GEMM runs at full speed. Each tap's (cin, n, ho, wo)
+  `kernel (kh*kw*cin, cout) . g (pixels, cout)^T` (`_dot_nt`): the kernel is used
+  as stored (no transposed or flipped copy), and with few pixels (this path's
+  maps) Eigen runs this form at full speed. Each tap's (cin, n, ho, wo)
   block is then moved onto the input pixels its tap reads (`_tap_placements`)
   and the blocks summed.
   """
   kh, kw, cin, cout = kernel.shape
   n, ho, wo, _ = g.shape
-  cols = jax.lax.dot_general(
-    kernel.reshape(kh * kw * cin, cout), g.reshape(n * ho * wo, cout), (((1,), (1,)), ((), ()))
-  ).reshape(kh, kw, cin, n, ho, wo)
+  cols = _dot_nt(kernel.reshape(kh * kw * cin, cout), g.reshape(n * ho * wo, cout))
+  cols = cols.reshape(kh, kw, cin, n, ho, wo)
   zero = jnp.zeros((), cols.dtype)
   out = None
   for t, (ph, pw) in enumerate(_tap_placements(x_hw, (ho, wo), (kh, kw), strides, pads, dilation)):
@@ -573,11 +628,12 @@ def _conv_transpose_overlap_add(x: Array, kernel: Array, strides, padding, outpu
   kp = kernel
   if mh * sh != kh or mw * sw != kw:
     kp = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
-  # Contracting the kernel's last (in) axis directly: its (mh, sh, mw, sw, out)
-  # rows split the GEMM output into taps, and no transposed copy of the kernel
-  # (411 MB for DeconvNet's fc6_deconv) or of its gradient is made.
+  # Contracting the kernel's last (in) axis: its (mh, sh, mw, sw, out) rows split
+  # the GEMM output into taps. `_matmul_nt` picks the form XLA:CPU runs fast: for
+  # DeconvNet's fc6_deconv (2 pixels) matrix-vector products that read the 411 MB
+  # kernel as stored (632 -> 27.5 ms).
   kmat = kp.reshape(-1, cin)
-  cols = jax.lax.dot_general(x.reshape(n * h * w, cin), kmat, (((1,), (1,)), ((), ())))
+  cols = _matmul_nt(x.reshape(n * h * w, cin), kmat)
   cols = cols.reshape(n, h, w, mh, sh, mw, sw, cout)
   hb, wb = h + mh - 1, w + mw - 1
   out = None

@@ -303,6 +303,51 @@ def test_conv_transpose_overlap_add_equals_plain(kernel, stride, padding, output
   assert max(errs.values()) < 1e-5, errs
 
 
+def test_conv_transpose_on_one_pixel_map():
+  """DeconvNet's fc6_deconv class: a 7x7 transposed conv of a 1x1 map (2 pixels: matrix-vector form)."""
+  module = layers.ConvTranspose2d(6, 7, 1)
+  errs = _compare(module, (2, 1, 1, 8), seed=3)
+  assert max(errs.values()) < 1e-5, errs
+
+
+@pytest.mark.parametrize(
+  'm,k,n,form',
+  [
+    (3, 5, 7, 'gemv'),  # few rows of a: one matrix-vector product per row
+    (10, 3, 2050, 'transposed'),  # b with >= 2048 rows: transposed once, plain GEMM
+    (12, 6, 40, 'nt'),  # otherwise XLA's own a . b^T
+  ],
+)
+def test_dot_nt_forms(m, k, n, form):
+  """`_dot_nt` computes a . b^T in each of its forms, and `_matmul` / `_matmul_nt` have the plain gradients."""
+  ka, kb, kg = jax.random.split(jax.random.key(m), 3)
+  a, b = jax.random.normal(ka, (m, k)), jax.random.normal(kb, (n, k))
+  jaxpr = str(jax.make_jaxpr(layers._dot_nt)(a, b))
+  taken = {
+    'gemv': jaxpr.count('dot_general') == m,
+    'transposed': 'optimization_barrier' in jaxpr,
+    'nt': jaxpr.count('dot_general') == 1 and 'optimization_barrier' not in jaxpr,
+  }
+  assert [f for f, t in taken.items() if t] == [form], jaxpr
+  ref = np.asarray(a, np.float64) @ np.asarray(b, np.float64).T
+  assert _rel(jax.jit(layers._dot_nt)(a, b), ref) < 1e-6
+  g = jax.random.normal(kg, (m, n))
+  got = jax.jit(jax.vjp(layers._matmul_nt, a, b)[1])(g)
+  want = jax.vjp(lambda a, b: a @ b.T, a, b)[1](g)
+  assert max(_rel(x, y) for x, y in zip(got, want, strict=True)) < 1e-6
+  # _matmul(x, w) = x . w with w = b^T (k, n): its input gradient g . w^T is the a . b^T form.
+  w = b.T
+  got = jax.jit(jax.vjp(layers._matmul, a, w)[1])(g)
+  want = jax.vjp(lambda x, w: x @ w, a, w)[1](g)
+  assert max(_rel(x, y) for x, y in zip(got, want, strict=True)) < 1e-6
+
+
+def test_wide_1x1_conv_gradients():
+  """A 1x1 conv with 2048 input channels: its input gradient takes `_dot_nt`'s transposed form."""
+  errs = _compare(layers.Conv2d(4, 1), (1, 3, 3, 2048), seed=5)
+  assert max(errs.values()) < 1e-5, errs
+
+
 def test_conv_transpose_output_size_matches_pytorch_rule():
   for k, s, p, op in ((16, 8, 0, 0), (3, 2, 1, 1), (5, 3, 2, 2)):
     module = layers.ConvTranspose2d(2, k, s, p, op)
