@@ -216,6 +216,7 @@ _MAX_PATCH_BYTES = 1 << 30
 # 47 ms; 512 -> 512 at 2x16x16 (dilation 4) about even to 1.4x. Large kernels
 # (area >= _LARGE_KERNEL_AREA) also take the slices + GEMM forward there.
 _MIN_IM2COL_CHANNELS = 256
+_NARROW_MAX_COLS = 144
 _LARGE_KERNEL_AREA = 25
 
 
@@ -339,6 +340,8 @@ def _conv_cpu(x: Array, kernel: Array, strides, pads, dilation, groups: int, out
     # maps (SegNet-Basic's 7x7 convolutions at 128x128, 64 channels) XLA's own
     # convolution is 3-6x faster than materialising a 49x patch matrix.
     return _conv_gemm_grads(x, kernel, strides, pads, dilation)
+  if area * kernel.shape[3] <= _NARROW_MAX_COLS and cin >= 4 * kernel.shape[3]:
+    return _conv_narrow(x, kernel, strides, pads, dilation)
   if cin >= _MIN_IM2COL_CHANNELS and ynn_convolutions():
     return _conv_im2col_grad(x, kernel, strides, pads, dilation)
   return _conv_xla(x, kernel, strides, pads, dilation, groups)
@@ -575,6 +578,48 @@ def _conv_grads_shifted(x: Array, kernel: Array, g: Array, strides, pads, dilati
   dx = jax.lax.dot_general(cols, kt, (((1,), (0,)), ((), ()))).reshape(n, h, w, cin)
   dk = jax.lax.dot_general(x.reshape(n * h * w, cin), cols, (((0,), (0,)), ((), ())))
   return dx, dk.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+
+def _conv_narrow_forward(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  """`_conv_plain` (groups=1) as one GEMM into per-tap outputs, then a shifted sum.
+
+  `z = x (pixels, cin) . kernel (cin, kh*kw*cout)` gives every tap's contribution
+  at the input pixel it reads; output pixel p sums tap t's block of z at the input
+  pixel tap t reads for p (`_tap_slices` of the padded z, one fused loop).
+  """
+  kh, kw, cin, cout = kernel.shape
+  n, h, w, _ = x.shape
+  ho = _conv_out_size(h, pads[0], kh, dilation[0], strides[0])
+  wo = _conv_out_size(w, pads[1], kw, dilation[1], strides[1])
+  kmat = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+  z = jnp.matmul(x.reshape(n * h * w, cin), kmat).reshape(n, h, w, kh * kw * cout)
+  taps = _tap_slices(_pad_hw(z, pads), (kh, kw), dilation, strides, (ho, wo))
+  return sum(tap[..., t * cout : (t + 1) * cout] for t, tap in enumerate(taps))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_narrow(x: Array, kernel: Array, strides, pads, dilation) -> Array:
+  """A convolution whose output is much narrower than its input (FC-DenseNet's
+  growth-rate layers, 3x3 48..324 -> 12; a 3x3 classifier 64 -> 11), as GEMMs.
+
+  Eigen's convolution runs these far below its GEMM speed (few output channels).
+  Forward `_conv_narrow_forward`, gradients `_conv_grads_shifted`: every GEMM
+  then has kh*kw*cout columns.
+  """
+  return _conv_narrow_forward(x, kernel, strides, pads, dilation)
+
+
+def _conv_narrow_fwd(x, kernel, strides, pads, dilation):
+  return _conv_narrow_forward(x, kernel, strides, pads, dilation), (x, kernel)
+
+
+def _conv_narrow_bwd(strides, pads, dilation, res, g):
+  x, kernel = res
+  dx, dk = _conv_grads_shifted(x, kernel, g, strides, pads, dilation)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_conv_narrow.defvjp(_conv_narrow_fwd, _conv_narrow_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -115,7 +115,7 @@ def test_conv_real_thresholds(monkeypatch, ynn):
   """
   monkeypatch.setattr(layers, 'ynn_convolutions', lambda: ynn)
   fc6 = layers.Conv2d(16, 7, padding='VALID')  # the fc6 cliff: 7x7 VALID on a small map
-  wide = layers.Conv2d(8, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs
+  wide = layers.Conv2d(20, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs (not narrow: 9 * 20 columns)
   narrow = layers.Conv2d(8, 3, padding=1)
   big_map = layers.Conv2d(4, 7, padding=3)  # SegNet-Basic-like: more output pixels than channels
   for module, shape, fast in (
@@ -165,6 +165,40 @@ def test_conv_small_map_gemm_gradients(case, monkeypatch):
   errs = _compare(module, shape, seed=5)
   assert max(errs.values()) < 1e-5, errs
   assert bool(shifted) == (case in SHIFTED_KERNEL_GRAD)
+
+
+NARROW_CASES = [
+  # (kwargs, input shape): output >= 4x narrower than the input, kh*kw*cout <= 144 columns.
+  (dict(features=12, kernel_size=3, padding=1), (2, 9, 7, 48)),  # FC-DenseNet growth layer
+  (dict(features=16, kernel_size=3, padding=1), (1, 6, 5, 64)),  # growth 16: 144 columns
+  (dict(features=11, kernel_size=3, padding=1), (1, 7, 8, 64)),  # SegNet's 11-class classifier
+  (dict(features=5, kernel_size=3, strides=2, padding=1), (2, 9, 8, 24)),  # stride, odd input
+  (dict(features=6, kernel_size=3, padding=2, dilation=2), (1, 7, 6, 30)),  # atrous
+  (dict(features=4, kernel_size=(3, 5), padding=((2, 0), (1, 3))), (1, 6, 7, 20)),  # asymmetric
+  (dict(features=7, kernel_size=3, padding='VALID'), (1, 8, 9, 28)),
+]
+
+
+@pytest.mark.parametrize('kwargs,shape', NARROW_CASES)
+def test_conv_narrow_equals_plain(kwargs, shape):
+  """Narrow outputs: one GEMM into per-tap outputs and a shifted sum, gradients from shifted g."""
+  module = layers.Conv2d(**kwargs)
+  x = jnp.zeros(shape)
+  v = module.init(jax.random.key(0), x)
+  assert 'name=_conv_narrow' in str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
+  errs = _compare(module, shape, seed=9)
+  assert max(errs.values()) < 1e-5, errs
+
+
+@pytest.mark.parametrize(
+  'features,cin',
+  [(17, 96), (12, 47)],  # 9 * 17 > 144 columns; input less than 4x the output
+)
+def test_conv_narrow_only_where_intended(features, cin):
+  module = layers.Conv2d(features, 3, padding=1)
+  x = jnp.zeros((1, 12, 12, cin))
+  v = module.init(jax.random.key(0), x)
+  assert 'name=_conv_narrow' not in str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
 
 
 def test_taps_reading_only_padding_are_dropped():
