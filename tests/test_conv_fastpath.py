@@ -115,7 +115,7 @@ def test_conv_real_thresholds(monkeypatch, ynn):
   """
   monkeypatch.setattr(layers, 'ynn_convolutions', lambda: ynn)
   fc6 = layers.Conv2d(16, 7, padding='VALID')  # the fc6 cliff: 7x7 VALID on a small map
-  wide = layers.Conv2d(20, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs (not narrow: 9 * 20 columns)
+  wide = layers.Conv2d(20, 3, padding=1)  # >= _MIN_IM2COL_CHANNELS inputs, 9 * 20 columns
   narrow = layers.Conv2d(8, 3, padding=1)
   big_map = layers.Conv2d(4, 7, padding=3)  # SegNet-Basic-like: more output pixels than channels
   for module, shape, fast in (
