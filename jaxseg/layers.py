@@ -592,9 +592,12 @@ def _conv_narrow_forward(x: Array, kernel: Array, strides, pads, dilation) -> Ar
   ho = _conv_out_size(h, pads[0], kh, dilation[0], strides[0])
   wo = _conv_out_size(w, pads[1], kw, dilation[1], strides[1])
   kmat = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-  z = jnp.matmul(x.reshape(n * h * w, cin), kmat).reshape(n, h, w, kh * kw * cout)
+  # Per-tap products and their sum in float32 (one rounding at the end for bfloat16).
+  z = jnp.matmul(x.reshape(n * h * w, cin), kmat, preferred_element_type=jnp.float32)
+  z = z.reshape(n, h, w, kh * kw * cout)
   taps = _tap_slices(_pad_hw(z, pads), (kh, kw), dilation, strides, (ho, wo))
-  return sum(tap[..., t * cout : (t + 1) * cout] for t, tap in enumerate(taps))
+  y = sum(tap[..., t * cout : (t + 1) * cout] for t, tap in enumerate(taps))
+  return y.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

@@ -413,7 +413,8 @@ def test_fastpath_only_on_cpu(monkeypatch):
 def test_bfloat16_compute():
   """dtype=bfloat16 computes in bf16 (params stay float32) through the fast paths."""
   x = jax.random.normal(jax.random.key(0), (1, 9, 9, 8))
-  for module in (layers.Conv2d(16, 7, padding='VALID'), layers.ConvTranspose2d(4, 4, 2)):
+  narrow = layers.Conv2d(2, 3, padding=1)  # _conv_narrow
+  for module in (layers.Conv2d(16, 7, padding='VALID'), layers.ConvTranspose2d(4, 4, 2), narrow):
     v = module.init(jax.random.key(1), x)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(v))
     lp = module.clone(dtype=jnp.bfloat16)
