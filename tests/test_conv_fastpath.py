@@ -340,6 +340,9 @@ def test_conv_transpose_overlap_add_equals_plain(kernel, stride, padding, output
 def test_conv_transpose_on_one_pixel_map():
   """DeconvNet's fc6_deconv class: a 7x7 transposed conv of a 1x1 map (2 pixels: matrix-vector form)."""
   module = layers.ConvTranspose2d(6, 7, 1)
+  x = jnp.zeros((2, 1, 1, 8))
+  v = module.init(jax.random.key(0), x)
+  assert str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x)).count('dot_general') == 2
   errs = _compare(module, (2, 1, 1, 8), seed=3)
   assert max(errs.values()) < 1e-5, errs
 
@@ -378,7 +381,12 @@ def test_dot_nt_forms(m, k, n, form):
 
 def test_wide_1x1_conv_gradients():
   """A 1x1 conv with 2048 input channels: its input gradient takes `_dot_nt`'s transposed form."""
-  errs = _compare(layers.Conv2d(4, 1), (1, 3, 3, 2048), seed=5)
+  module = layers.Conv2d(4, 1)
+  x = jnp.zeros((1, 3, 3, 2048))
+  v = module.init(jax.random.key(0), x)
+  grad = jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=1)
+  assert 'optimization_barrier' in str(jax.make_jaxpr(grad)(v, x))
+  errs = _compare(module, (1, 3, 3, 2048), seed=5)
   assert max(errs.values()) < 1e-5, errs
 
 
