@@ -555,6 +555,43 @@ def _conv_kernel_grad_gemm(x: Array, g: Array, kernel_shape, strides, pads, dila
   return dk.reshape(kernel_shape)
 
 
+_MATERIALIZE: list[bool] = [True]
+
+
+def _materialize(v: Array) -> Array:
+  """`v`, computed once into its own buffer (a fusion boundary for XLA:CPU; CPU paths only).
+
+  XLA:CPU duplicates cheap elementwise producers into every fusion that
+  consumes them, and `lax.optimization_barrier` is gone before fusion runs.
+  When one value feeds many fusions (an output gradient moved under each of
+  the kh*kw kernel taps), each of them then recomputes the whole chain behind
+  it: the output gradient of a narrow convolution (and with it the BatchNorm
+  backward or the forward shifted sum it depends on) nine times over. A while
+  loop is never fused through; its trip count is read from `v` (1, or 0 for a
+  NaN first element), so no pass can remove it, and its body returns `v`
+  unchanged. Costs one copy of `v`. Not for GPU/TPU programs, where the loop
+  condition is a host round trip. Differentiable (identity tangent), also twice.
+  """
+  return _materialized(v) if _MATERIALIZE[-1] and v.size else v
+
+
+@jax.custom_jvp
+def _materialized(v: Array) -> Array:
+  first = v.reshape(-1)[0]
+  trips = (first == first).astype(jnp.int32)
+
+  def body(carry):
+    i, u = carry
+    return i + 1, jnp.where(i < 0, jnp.zeros_like(u), u)
+
+  return jax.lax.while_loop(lambda carry: carry[0] < trips, body, (jnp.int32(0), v))[1]
+
+
+@_materialized.defjvp
+def _materialized_jvp(primals, tangents):
+  return _materialized(primals[0]), tangents[0]
+
+
 def _conv_grads_shifted(x: Array, kernel: Array, g: Array, strides, pads, dilation):
   """Both gradients of `_conv_plain` (groups=1) from one matrix of per-tap shifted g.
 
@@ -572,6 +609,8 @@ def _conv_grads_shifted(x: Array, kernel: Array, g: Array, strides, pads, dilati
   """
   kh, kw, cin, cout = kernel.shape
   n, h, w, _ = x.shape
+  # g feeds kh*kw pad fusions: computed once (`_materialize`), not once per tap.
+  g = _materialize(g)
   shifted = _shifted_grads(g, (h, w), (kh, kw), strides, pads, dilation)
   cols = jnp.concatenate(shifted, axis=-1).reshape(n * h * w, kh * kw * cout)
   kt = kernel.reshape(kh * kw, cin, cout).transpose(0, 2, 1).reshape(kh * kw * cout, cin)
