@@ -76,6 +76,13 @@ def _fast(fn, *args) -> bool:
   return 'conv_general_dilated' not in jaxpr or any(n in jaxpr for n in gemm_vjps)
 
 
+def _apply_jaxpr(module, shape) -> str:
+  """The jaxpr (as text) of `module.apply` on zeros of `shape`: which lowering it takes."""
+  x = jnp.zeros(shape)
+  v = module.init(jax.random.key(0), x)
+  return str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
+
+
 @pytest.fixture
 def low_threshold(monkeypatch):
   """Routes every 3x3 conv through im2col (as with YNNPACK convolutions), so odd cases run on tiny channel counts."""
@@ -184,9 +191,7 @@ NARROW_CASES = [
 def test_conv_narrow_equals_plain(kwargs, shape):
   """Narrow outputs: one GEMM into per-tap outputs and a shifted sum, gradients from shifted g."""
   module = layers.Conv2d(**kwargs)
-  x = jnp.zeros(shape)
-  v = module.init(jax.random.key(0), x)
-  assert 'name=_conv_narrow' in str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
+  assert 'name=_conv_narrow' in _apply_jaxpr(module, shape)
   errs = _compare(module, shape, seed=9)
   assert max(errs.values()) < 1e-5, errs
 
@@ -197,9 +202,7 @@ def test_conv_narrow_equals_plain(kwargs, shape):
 )
 def test_conv_narrow_only_where_intended(features, cin):
   module = layers.Conv2d(features, 3, padding=1)
-  x = jnp.zeros((1, 12, 12, cin))
-  v = module.init(jax.random.key(0), x)
-  assert 'name=_conv_narrow' not in str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
+  assert 'name=_conv_narrow' not in _apply_jaxpr(module, (1, 12, 12, cin))
 
 
 def test_materialize_is_exact_and_differentiable():
@@ -244,8 +247,8 @@ def test_narrow_backward_reads_forward_once_per_use():
 
 
 def test_conv_narrow_second_order_equals_plain():
-  """Hessian-vector products (reverse over reverse) through the narrow path's custom VJP (whose backward holds the
-  fusion boundary) equal those of the plain lowering."""
+  """Hessian-vector products (reverse over reverse) through the narrow path's custom VJP,
+  whose backward holds the fusion boundary, equal those of the plain lowering."""
   module = layers.Conv2d(11, 3, padding=1)
   x = jax.random.normal(jax.random.key(0), (1, 7, 8, 64))
   v = module.init(jax.random.key(1), x)
@@ -356,10 +359,7 @@ def test_conv_padded_kernel_gradient(kwargs, shape):
   """Outputs and input gradients are XLA's own; the kernel and bias gradients of
   the explicitly padded VALID convolution equal those of the padded one."""
   module = layers.Conv2d(**kwargs)
-  x = jnp.zeros(shape)
-  v = module.init(jax.random.key(0), x)
-  jaxpr = str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x))
-  assert 'name=_conv_padded_kernel_grad\n' in jaxpr
+  assert 'name=_conv_padded_kernel_grad\n' in _apply_jaxpr(module, shape)
   errs = _compare(module, shape, seed=7)
   assert max(errs.values()) < 1e-6, errs
 
@@ -402,9 +402,7 @@ def test_conv_transpose_overlap_add_equals_plain(kernel, stride, padding, output
 def test_conv_transpose_on_one_pixel_map():
   """DeconvNet's fc6_deconv class: a 7x7 transposed conv of a 1x1 map (2 pixels: matrix-vector form)."""
   module = layers.ConvTranspose2d(6, 7, 1)
-  x = jnp.zeros((2, 1, 1, 8))
-  v = module.init(jax.random.key(0), x)
-  assert str(jax.make_jaxpr(lambda v, x: module.apply(v, x))(v, x)).count('dot_general') == 2
+  assert _apply_jaxpr(module, (2, 1, 1, 8)).count('dot_general') == 2
   errs = _compare(module, (2, 1, 1, 8), seed=3)
   assert max(errs.values()) < 1e-5, errs
 
