@@ -4,9 +4,10 @@
 
 XLA:CPU runs Eigen convolutions asynchronously, so a profiler trace does not
 attribute the step's time to its convolutions. This tool records every
-`layers.Conv2d` call of one forward pass (input shape, kernel, stride,
-padding, dilation, groups; via `flax.linen.intercept_methods`), then times
-each distinct configuration on its own: the jitted JAX layer (forward, or
+convolution of one forward pass (input shape, kernel, stride, padding,
+dilation, groups; through a recording `layers.Lowering`), then times each
+distinct configuration on its own: the jitted `jaxseg.cpu_conv` form the
+engine picks for it (the `form` column; forward, or
 forward + input and kernel gradients with `--train`) and `torch.nn.functional
 .conv2d` with the same shapes and threads, interleaved per repetition. The
 table lists the configurations by the time JAX loses (count x (JAX - PyTorch)),
@@ -18,73 +19,66 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxseg
 from benchmarks import run
-from jaxseg import layers
+from jaxseg import cpu_conv, layers
+from jaxseg.cpu_conv import plan
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Recorder(layers.Lowering):
+  """The plain lowering, counting the configuration of every convolution it computes."""
+
+  seen: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+  def conv(self, x, kernel, *, strides, padding, dilation, groups):
+    key = (tuple(x.shape), tuple(kernel.shape), tuple(strides), padding, tuple(dilation), groups)
+    self.seen[key] += 1
+    return super().conv(
+      x, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups
+    )
 
 
 def record_convs(name: str, batch: int, size, num_classes: int, model_kwargs=None):
-  """Counter of (x shape, kernel shape, strides, pads, dilation, groups, bias) over one forward."""
+  """Counter of (x shape, kernel shape, strides, pads, dilation, groups) over one forward."""
   model = jaxseg.create_model(name, num_classes=num_classes, **(model_kwargs or {}))
   spec = run.model_input(name, model, batch, size)
-  seen: collections.Counter = collections.Counter()
-
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if isinstance(module, layers.Conv2d) and context.method_name == '__call__':
-      x = args[0]
-      kh, kw = layers._pair(module.kernel_size)
-      dilation = layers._pair(module.dilation)
-      padding = layers._padding(module.padding, (kh, kw), dilation)
-      pads = ((0, 0), (0, 0)) if padding == 'VALID' else tuple(tuple(p) for p in padding)
-      key = (
-        tuple(x.shape),
-        (kh, kw, x.shape[-1] // module.groups, module.features),
-        layers._pair(module.strides),
-        pads,
-        dilation,
-        module.groups,
-        module.use_bias,
-      )
-      seen[key] += 1
-    return next_fun(*args, **kwargs)
-
-  def forward(x):
-    with nn.intercept_methods(interceptor):
-      return model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x, train=False)
-
-  jax.eval_shape(forward, spec)
-  return seen
+  recorder = _Recorder()
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), spec)
+  jax.eval_shape(lambda v, x: layers.Apply(model, recorder)(v, x, train=False), variables, spec)
+  return recorder.seen
 
 
-def _jax_fn(key, train: bool):
-  x_shape, k_shape, strides, pads, dilation, groups, _ = key
+def _jax_fn(key, train: bool, lowering: layers.Lowering):
+  x_shape, k_shape, strides, pads, dilation, groups = key
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
   k = jnp.asarray(rng.standard_normal(k_shape, np.float32) * 0.05)
-  module = layers.Conv2d(k_shape[3], k_shape[:2], strides, pads, dilation, groups, use_bias=False)
-  variables = {'params': {'kernel': k}}
+
+  def conv(k, x):
+    return lowering.conv(x, k, strides=strides, padding=pads, dilation=dilation, groups=groups)
+
   if train:
-    f = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) ** 2), argnums=(0, 1)))
+    f = jax.jit(jax.grad(lambda k, x: jnp.sum(conv(k, x) ** 2), argnums=(0, 1)))
   else:
-    f = jax.jit(module.apply)
-  f(variables, x)
-  return lambda: jax.block_until_ready(f(variables, x))
+    f = jax.jit(conv)
+  f(k, x)
+  return lambda: jax.block_until_ready(f(k, x))
 
 
 def _torch_fn(key, train: bool):
   import torch
 
-  x_shape, k_shape, strides, pads, dilation, groups, _ = key
+  x_shape, k_shape, strides, pads, dilation, groups = key
   n, h, w, c = x_shape
   x = torch.randn(n, c, h, w, requires_grad=train)
   k = (torch.randn(k_shape[3], k_shape[2], k_shape[0], k_shape[1]) * 0.05).requires_grad_(train)
@@ -120,16 +114,21 @@ def census(name, batch, size, num_classes, train, reps, model_kwargs=None):
 
   torch.set_num_threads(int(os.environ.get('JAXSEG_BENCH_THREADS', os.cpu_count() or 1)))
   seen = record_convs(name, batch, size, num_classes, model_kwargs)
+  lowering = cpu_conv.CpuLowering(ynn_convolutions=cpu_conv.ynn_convolutions())
   rows = []
   for key, count in seen.items():
-    fns = {'jax': _jax_fn(key, train), 'torch': _torch_fn(key, train)}
+    fns = {'jax': _jax_fn(key, train, lowering), 'torch': _torch_fn(key, train)}
     timed = run.interleave(fns, reps)
-    x_shape, k_shape, strides, pads, dilation, groups, _ = key
+    x_shape, k_shape, strides, pads, dilation, groups = key
+    form = plan.plan_conv(
+      x_shape, k_shape, strides, pads, dilation, groups,
+      ynn_convolutions=lowering.ynn_convolutions,
+    ).form  # fmt: skip
     j, t = timed['jax']['median'], timed['torch']['median']
     rows.append({
       'x': list(x_shape), 'kernel': list(k_shape), 'strides': list(strides),
       'pads': [list(p) for p in pads], 'dilation': list(dilation), 'groups': groups,
-      'count': count, 'jax_s': j, 'torch_s': t, 'lost_s': count * (j - t),
+      'form': form, 'count': count, 'jax_s': j, 'torch_s': t, 'lost_s': count * (j - t),
     })  # fmt: skip
   rows.sort(key=lambda r: -r['lost_s'])
   return rows
@@ -145,6 +144,7 @@ def main(argv=None):
   p.add_argument('--model-kwargs', help='JSON dict passed to create_model (e.g. a width)')
   p.add_argument('--json', help='write the rows here')
   args = p.parse_args(argv)
+  cpu_conv.configure_xla_flags()  # before JAX starts its backend
   model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
   batch, size, num_classes = run.DEFAULTS.get(args.model, run.FALLBACK)
   batch = args.batch or batch
@@ -153,11 +153,11 @@ def main(argv=None):
   rows = census(args.model, batch, size, num_classes, args.train, args.reps, model_kwargs)
   print(f'{args.model} {"train" if args.train else "infer"} conv census ({len(rows)} configs, '
         f'{time.perf_counter() - t0:.0f} s), sorted by time lost to PyTorch:')  # fmt: skip
-  print(f'{"x (NHWC)":>20} {"kernel (HWIO)":>20} {"s":>3} {"d":>3} {"n":>3} '
+  print(f'{"x (NHWC)":>20} {"kernel (HWIO)":>20} {"form":>18} {"s":>3} {"d":>3} {"n":>3} '
         f'{"jax ms":>8} {"torch ms":>8} {"ratio":>6} {"lost ms":>8}')  # fmt: skip
   for r in rows:
     print(
-      f'{"x".join(map(str, r["x"])):>20} {"x".join(map(str, r["kernel"])):>20} '
+      f'{"x".join(map(str, r["x"])):>20} {"x".join(map(str, r["kernel"])):>20} {r["form"]:>18} '
       f'{r["strides"][0]:>3} {r["dilation"][0]:>3} {r["count"]:>3} {r["jax_s"] * 1e3:8.2f} '
       f'{r["torch_s"] * 1e3:8.2f} {r["torch_s"] / r["jax_s"]:6.2f} {r["lost_s"] * 1e3:8.1f}'
     )

@@ -4,7 +4,7 @@ Run from the repository root:
 
   python -m benchmarks.run                          # every registered model
   python -m benchmarks.run --models fcn8s,segnet --reps 5 --json out.json
-  python -m benchmarks.run --models fcn8s --fastpath off   # plain lax.conv lowering
+  python -m benchmarks.run --models fcn8s --lowering xla   # plain lax.conv lowering
   python -m benchmarks.run --pipeline               # input pipeline images/s per core
 
 For each model (its default input shape from `DEFAULTS`, or `--batch` /
@@ -39,7 +39,8 @@ import numpy as np
 import optax
 
 import jaxseg
-from jaxseg import layers
+from jaxseg import cpu_conv, layers
+from train.steps import CompileCounter
 
 # Per-model defaults: (batch, (H, W), num_classes). Models not listed get FALLBACK.
 DEFAULTS: dict[str, tuple[int, tuple[int, int], int]] = {
@@ -185,16 +186,31 @@ def model_input(name: str, model, batch: int, size: tuple[int, int]) -> jax.Shap
   return jax.ShapeDtypeStruct((batch, *size, channels), jnp.float32)
 
 
+def recipe_compiler_options(name: str) -> dict[str, Any] | None:
+  """`train.xla_cpu_compiler_options` of the recipe configs/<name>.py, if it has one."""
+  import importlib
+
+  try:
+    config = importlib.import_module(f'configs.{name}').get_config()
+  except ModuleNotFoundError:
+    return None
+  return dict(config.train.get('xla_cpu_compiler_options', None) or {}) or None
+
+
 def bench_jax(
-  name: str, batch: int, size: tuple[int, int], num_classes: int, model_kwargs=None
-) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], Any]]:
+  name: str, batch: int, size: tuple[int, int], num_classes: int, model_kwargs=None,
+  *, lowering: layers.Lowering = layers.XLA,
+) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], Any]]:  # fmt: skip
   """Compiles (timed) and warms up the train and inference steps of registered model `name`.
+
+  Convolutions use `lowering`; the jits get the recipe's XLA:CPU compile options.
 
   Returns (figures, train step, inference step); the steps block until done
   and are timed by the caller (`interleave`).
   """
   device = jax.devices()[0]
   model = jaxseg.create_model(name, num_classes=num_classes, **(model_kwargs or {}))
+  apply = layers.Apply(model, lowering=lowering)
   spec = model_input(name, model, batch, size)
   rng = np.random.default_rng(0)
   x = jax.device_put(rng.standard_normal(spec.shape, np.float32), device)
@@ -220,10 +236,10 @@ def bench_jax(
     v = {'params': params}
     if batch_stats:
       v['batch_stats'] = batch_stats
-      out, new = model.apply(v, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])
+      out, new = apply(v, x, train=True, rngs={'dropout': key}, mutable=['batch_stats'])
       batch_stats = new['batch_stats']
     else:
-      out = model.apply(v, x, train=True, rngs={'dropout': key})
+      out = apply(v, x, train=True, rngs={'dropout': key})
     main, aux = _logits(out)
     loss = _ce(main, labels)
     for a in aux:  # PSPNet-style auxiliary heads at the label resolution
@@ -243,9 +259,9 @@ def bench_jax(
     }, loss
 
   def infer(variables, x):
-    return model.apply(variables, x, train=False)
+    return apply(variables, x, train=False)
 
-  options = layers.cpu_compiler_options(model)
+  options = cpu_conv.compiler_options(recipe_compiler_options(name))
   train_jit = jax.jit(train_step, donate_argnums=(0,), compiler_options=options)
   infer_jit = jax.jit(infer, compiler_options=options)
   key = jax.random.key(2)
@@ -254,25 +270,25 @@ def bench_jax(
     'input_shape': list(spec.shape),
     'output_shape': list(main_shape),
     'params': int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(params))),
-    'compiler_options': options,  # the model's XLA:CPU compile options (layers.cpu_compiler_options)
+    'compiler_options': options,  # the recipe's XLA:CPU compile options, where they apply
   }
 
+  # Every compile of each function, the AOT one below included (static shapes: one each).
+  train_compiles, infer_compiles = CompileCounter(), CompileCounter()
   with RSSSampler() as mem:
     t = time.perf_counter()
-    train_compiled = train_jit.lower(state, x, labels, key).compile()
+    with train_compiles:
+      train_compiled = train_jit.lower(state, x, labels, key).compile()
     result['train_compile_s'] = time.perf_counter() - t
-    t = time.perf_counter()
-    infer_compiled = infer_jit.lower(variables, x).compile()
-    result['infer_compile_s'] = time.perf_counter() - t
     result['train_flops'] = _flops(train_compiled)
-    result['infer_flops'] = _flops(infer_compiled)
-    del train_compiled, infer_compiled
+    del train_compiled
 
     holder = {'state': state}
     del state
 
     def one_step():
-      holder['state'], loss = train_jit(holder['state'], x, labels, key)
+      with train_compiles:
+        holder['state'], loss = train_jit(holder['state'], x, labels, key)
       loss.block_until_ready()
       holder['loss'] = loss
 
@@ -287,18 +303,27 @@ def bench_jax(
       return v
 
     def one_infer():
-      jax.block_until_ready(infer_jit(infer_vars(), x))
+      with infer_compiles:
+        out = infer_jit(infer_vars(), x)
+      jax.block_until_ready(out)
 
+    # Compiled for the trained state's (committed) arrays, which every timed call passes.
+    t = time.perf_counter()
+    with infer_compiles:
+      infer_compiled = infer_jit.lower(infer_vars(), x).compile()
+    result['infer_compile_s'] = time.perf_counter() - t
+    result['infer_flops'] = _flops(infer_compiled)
+    del infer_compiled
     one_infer()
   # Static shapes: one executable per function for the whole run (checked again after timing).
-  result['train_executables'] = train_jit._cache_size()
-  result['infer_executables'] = infer_jit._cache_size()
+  result['train_executables'] = train_compiles.count
+  result['infer_executables'] = infer_compiles.count
   result['peak_rss_bytes'] = mem.peak
   result['rss_growth_bytes'] = mem.delta
   stats = getattr(device, 'memory_stats', lambda: None)()
   if stats and 'peak_bytes_in_use' in stats:
     result['device_peak_bytes'] = int(stats['peak_bytes_in_use'])
-  result['_executables'] = lambda: (train_jit._cache_size(), infer_jit._cache_size())
+  result['_executables'] = lambda: (train_compiles.count, infer_compiles.count)
   return result, one_step, one_infer
 
 
@@ -398,7 +423,6 @@ def environment(threads: int | None) -> dict[str, Any]:
     'backend': jax.default_backend(),
     'device': str(jax.devices()[0]),
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
-    'conv_fastpath': layers._fastpath_on(),  # noqa: SLF001 - reported, not changed
   }
   try:
     import torch
@@ -430,7 +454,9 @@ def run_models(args) -> dict[str, Any]:
       torch.set_num_threads(threads)
     except ImportError:
       use_torch = False
+  lowering = cpu_conv.select(args.lowering)
   report = {'environment': environment(threads), 'models': []}
+  report['environment']['conv_lowering'] = repr(lowering)
   gemm = gemm_fn(args.gemm_size)
   gemm_flop = 2.0 * args.gemm_size**3
   peak = gemm_flop / _median_time(gemm, max(3, args.reps))[0]
@@ -447,8 +473,9 @@ def run_models(args) -> dict[str, Any]:
     row: dict[str, Any] = {'model': name}
     base_rss = RSSSampler.rss()
     try:
-      with layers.conv_fastpath(args.fastpath == 'on'):
-        row['jax'], jax_train, jax_infer = bench_jax(name, batch, size, num_classes, model_kwargs)
+      row['jax'], jax_train, jax_infer = bench_jax(
+        name, batch, size, num_classes, model_kwargs, lowering=lowering
+      )
     except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
       row['error'] = f'{type(e).__name__}: {e}'[:300]
       report['models'].append(row)
@@ -570,8 +597,9 @@ def main(argv=None) -> dict[str, Any]:
   )
   parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch side')
   parser.add_argument(
-    '--fastpath', choices=('on', 'off'), default='on', help='jaxseg CPU conv fast paths'
-  )
+    '--lowering', choices=cpu_conv.LOWERINGS, default='auto',
+    help="convolution lowering: 'cpu' (jaxseg.cpu_conv), 'xla' (plain), 'auto' (cpu on CPU)",
+  )  # fmt: skip
   parser.add_argument(
     '--model-kwargs', default='', help='JSON constructor kwargs (e.g. a tiny width); disables torch'
   )
@@ -579,6 +607,7 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument('--pipeline', action='store_true', help='measure the input pipeline instead')
   parser.add_argument('--pipeline-dataset', default='synthetic')
   args = parser.parse_args(argv)
+  cpu_conv.configure_xla_flags()  # before JAX starts its backend
   report = run_pipeline(args) if args.pipeline else run_models(args)
   if args.json:
     with open(args.json, 'w') as f:

@@ -68,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.seed = 0
   c.train.dtype = 'float32'  # computation dtype: 'float32' or 'bfloat16' (params stay float32)
   c.train.parallelism = 'jit'  # 'jit' (Mesh + NamedSharding; SyncBN) or 'pmap'
+  # Convolutions: 'auto' (jaxseg.cpu_conv on the CPU backend, plain XLA elsewhere), 'xla', 'cpu'.
+  c.train.conv_lowering = 'auto'
+  c.train.xla_cpu_compiler_options = {}  # per-program XLA:CPU options (cpu_conv.compiler_options)
   c.train.grad_accum_steps = 1
   c.train.aux_loss_weight = 0.4  # for models with auxiliary heads (PSPNet)
   c.train.class_weights = ()  # () = unweighted; else one weight per class

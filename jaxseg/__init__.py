@@ -1,16 +1,18 @@
-"""jaxseg: the classic semantic-segmentation networks in JAX/Flax (linen)."""
+"""jaxseg: the classic semantic-segmentation networks in JAX/Flax (linen).
 
-# layers first: on import it sets jaxseg's XLA:CPU defaults (layers.configure_xla_cpu),
-# which only take effect before JAX starts its backend.
-from jaxseg import layers  # noqa: I001
-from jaxseg import losses, metrics, weights
+Importing jaxseg changes no environment variable and no JAX setting; entry
+points that want jaxseg's XLA:CPU flag call `jaxseg.cpu_conv.configure_xla_flags()`.
+"""
+
+from jaxseg import cpu_conv, layers, losses, metrics, weights
 from jaxseg.registry import create_backbone, create_model, list_backbones, list_models
 
 __all__ = [
+  'cpu_conv',
   'create_backbone',
   'create_model',
-  'list_backbones',
   'layers',
+  'list_backbones',
   'list_models',
   'losses',
   'metrics',

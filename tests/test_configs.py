@@ -17,10 +17,14 @@ CONFIG_FILES = sorted(
 )
 
 
+# Free-form dicts: model constructor arguments and XLA:CPU compile options.
+FREE_FORM = ('kwargs', 'xla_cpu_compiler_options')
+
+
 def _schema_keys(c, prefix=''):
   out = set()
   for k, v in c.items():
-    if hasattr(v, 'items') and k != 'kwargs':
+    if hasattr(v, 'items') and k not in FREE_FORM:
       out |= _schema_keys(v, f'{prefix}{k}.')
     else:
       out.add(prefix + k)
@@ -39,9 +43,13 @@ def test_every_registered_model_has_a_config_named_after_it():
 @pytest.mark.parametrize('variant', ['', 'smoke'])
 def test_config_loads_and_resolves(name, variant):
   module = importlib.import_module(f'configs.{name}')
-  assert module.__doc__ and 'python -m train.main' in module.__doc__, f'configs/{name}.py docstring must give the run command'
+  assert module.__doc__ and 'python -m train.main' in module.__doc__, (
+    f'configs/{name}.py docstring must give the run command'
+  )
   c = module.get_config(variant)
-  assert c.model.name in jaxseg.list_models(), f'configs/{name}.py names unknown model {c.model.name!r}'
+  assert c.model.name in jaxseg.list_models(), (
+    f'configs/{name}.py names unknown model {c.model.name!r}'
+  )
   unknown = _schema_keys(c) - BASE_KEYS
   assert not unknown, f'configs/{name}.py sets fields outside the schema: {sorted(unknown)}'
   model = jaxseg.create_model(c.model.name, num_classes=c.dataset.num_classes, **c.model.kwargs)
@@ -50,7 +58,10 @@ def test_config_loads_and_resolves(name, variant):
     from jaxseg import data
 
     assert c.dataset.name == 'synthetic' and c.train.num_steps == 2
-    assert data.num_examples(c, c.dataset.train_split) > 0 and data.num_examples(c, c.dataset.eval_split) > 0
+    assert (
+      data.num_examples(c, c.dataset.train_split) > 0
+      and data.num_examples(c, c.dataset.eval_split) > 0
+    )
 
 
 def test_unknown_variant_is_refused():

@@ -1,5 +1,6 @@
 """Ops and shared layers against PyTorch: argmax pooling/unpooling, resize, conv, transposed conv."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,3 +250,52 @@ def test_batchnorm_train_step_matches_torch(torch_module):
     new['batch_stats']['mean'], bn_t.running_mean.numpy(), rtol=1e-5, atol=1e-6
   )
   np.testing.assert_allclose(new['batch_stats']['var'], bn_t.running_var.numpy(), rtol=1e-5)
+
+
+POOL_CASES = [
+  # (shape, window, ceil_mode): odd sizes (partial windows kept or dropped), 3x3 windows
+  ((2, 7, 9, 3), 2, True),
+  ((2, 7, 9, 3), 2, False),
+  ((1, 8, 6, 2), 2, False),
+  ((1, 10, 11, 4), 3, True),
+  ((1, 1, 1, 2), 2, True),
+]
+
+
+@pytest.mark.parametrize('shape,window,ceil_mode', POOL_CASES)
+def test_max_pool2d_equals_flax(shape, window, ceil_mode):
+  """Values and gradients equal nn.max_pool's (reduce_window / select-and-scatter), ties included."""
+  rng = np.random.default_rng(sum(shape))
+  # ReLU-like input: whole windows of zeros and repeated maxima, where the
+  # gradient must go to the first maximum only.
+  x = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+  x[0, 0, : min(2, shape[2])] = 1.0
+  x = jnp.asarray(x)
+
+  def ref(x):
+    if not ceil_mode:
+      return nn.max_pool(x, (window, window), (window, window))
+    pad = ((0, -x.shape[1] % window), (0, -x.shape[2] % window))
+    return nn.max_pool(x, (window, window), (window, window), padding=pad)
+
+  def fast(x):
+    return ops.max_pool2d(x, window, ceil_mode=ceil_mode)
+
+  def loss(f):
+    # A different weight per output, so a gradient sent to the wrong element is seen.
+    return lambda x: jnp.sum(jnp.sin(f(x)) * (1.0 + jnp.arange(f(x).size).reshape(f(x).shape)))
+
+  y, y_ref = jax.jit(fast)(x), jax.jit(ref)(x)
+  assert y.shape == y_ref.shape
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
+  g, g_ref = jax.jit(jax.grad(loss(fast)))(x), jax.jit(jax.grad(loss(ref)))(x)
+  np.testing.assert_array_equal(np.asarray(g), np.asarray(g_ref))
+
+
+def test_max_pool2d_rejects_bad_input():
+  with pytest.raises(ValueError, match='rank 4'):
+    ops.max_pool2d(jnp.ones((4, 4)))
+  with pytest.raises(ValueError, match='window'):
+    ops.max_pool2d(jnp.ones((1, 4, 4, 1)), 0)
+  with pytest.raises(ValueError, match='floor mode'):
+    ops.max_pool2d(jnp.ones((1, 1, 4, 1)), 2)
