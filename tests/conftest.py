@@ -1,4 +1,4 @@
-"""Shared test helpers: seeded torch models, NHWC <-> NCHW, relative error."""
+"""Shared test helpers: seeded torch models, NHWC <-> NCHW, errors, parity and gradient checks."""
 
 import functools
 import os
@@ -17,6 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseg import cpu_conv, layers
+
+# The suite is an entry point: it runs XLA:CPU with jaxseg's flag (Eigen convolutions, as the
+# trainer does), set before JAX starts its backend (importing jax does not start it). Training
+# subprocesses inherit it.
+cpu_conv.configure_xla_flags()
+
 
 def n_params(tree) -> int:
   """Number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
@@ -34,15 +41,17 @@ def abstract_init(model, shape):
 def train_grads(model, variables, x, compiler_options=None):
   """(gradients w.r.t. every parameter, train-mode output) of a nonlinear loss of the output.
 
-  Every non-parameter collection (BatchNorm statistics) is mutable, dropout gets a fixed key;
-  `compiler_options` go to the jit.
+  Computed as the trainer computes them: convolutions through the lowering its 'auto' picks
+  (`jaxseg.cpu_conv` on CPU). Every non-parameter collection (BatchNorm statistics) is
+  mutable, dropout gets a fixed key; `compiler_options` go to the jit.
   """
   rest = {k: v for k, v in variables.items() if k != 'params'}
+  apply = layers.Apply(model, cpu_conv.select('auto'))
 
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def run(params, x):
     def loss(params):
-      out = model.apply(
+      out = apply(
         {'params': params, **rest},
         x,
         train=True,
@@ -101,6 +110,101 @@ def randomize_torch(module, seed=0, scale=None):
         else:
           t.copy_(0.1 * torch.randn(t.shape, generator=g))
   return module
+
+
+def numpy_init(model, x, seed=0):
+  """He-scaled random variables shaped by eval_shape (compiling flax's init costs seconds on CPU)."""
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  rng = np.random.default_rng(seed)
+
+  def draw(a):
+    fan_in = max(1, int(np.prod(a.shape[:-1])))
+    return jnp.asarray(rng.standard_normal(a.shape) * (2.0 / fan_in) ** 0.5, a.dtype)
+
+  return jax.tree_util.tree_map(draw, shapes)
+
+
+def assert_every_gradient_nonzero(grads):
+  """Every gradient leaf is finite and somewhere non-zero; names the leaves that are not."""
+  flat = jax.tree_util.tree_leaves_with_path(grads)
+  assert flat
+  zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
+  assert not zero, zero
+  assert all(np.all(np.isfinite(np.asarray(g))) for _, g in flat)
+
+
+def assert_train_gradients(model, x, out_shape, variables=None):
+  """Train-mode gradients (`train_grads`) reach every parameter; the output has `out_shape`.
+
+  `variables` default to `model.init` on `x`.
+  """
+  if variables is None:
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
+  grads, out = train_grads(model, variables, x)
+  assert out.shape == out_shape
+  assert_gradients_everywhere(grads, out)
+
+
+def torch_state_dict(ref):
+  """A copy of a PyTorch module's state dict.
+
+  A train-mode forward updates the module's BN statistics in place, and on CPU
+  converted arrays may alias the torch tensors.
+  """
+  return {k: v.clone() for k, v in ref.state_dict().items()}
+
+
+def torch_forward(ref, x, *, train=False):
+  """A PyTorch module's output on NHWC numpy `x` in eval (or train) mode, without gradients, NHWC."""
+  import torch
+
+  ref.train(train)
+  with torch.no_grad():
+    return to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
+
+
+def torchvision_resnet_multigrid(depth):
+  """torchvision's ResNet-`depth` at output stride 16, layer4 re-dilated to DeepLabv3's multi-grid.
+
+  Multi-grid (1, 2, 4) on layer4's dilation 2 gives its three blocks rates 2, 4 and 8.
+  """
+  import torchvision
+
+  ref = getattr(torchvision.models, f'resnet{depth}')(
+    weights=None, replace_stride_with_dilation=[False, False, True]
+  )
+  for blk, rate in zip(ref.layer4, (2, 4, 8), strict=True):
+    blk.conv2.dilation, blk.conv2.padding = (rate, rate), (rate, rate)
+  return ref
+
+
+def assert_torch_parity(name, model, variables, ref, x, *, train=False, tol=1e-4):
+  """`model` (registered as `name`) computes what its PyTorch twin `ref` computes on `x`.
+
+  Compares the eval-mode outputs and, with `train`, one train-mode forward and the
+  running statistics it leaves (exported with `jaxseg.weights.to_torch`); build
+  `variables` from `torch_state_dict(ref)` then. The model runs as the trainer and
+  predictor run it (convolutions lowered by 'auto': `jaxseg.cpu_conv` on CPU; the engine
+  equals plain XLA, tests/test_cpu_conv.py). Returns the eval-mode output.
+  """
+  import jaxseg
+
+  apply = layers.Apply(model, cpu_conv.select('auto'))
+  expected = torch_forward(ref, x)
+  got = jax.jit(lambda v, x: apply(v, x, train=False))(variables, x)
+  assert got.shape == expected.shape
+  assert rel_err(got, expected) < tol
+  if train:
+    expected = torch_forward(ref, x, train=True)
+    step = jax.jit(lambda v, x: apply(v, x, train=True, mutable=['batch_stats']))
+    out, updates = step(variables, x)
+    assert rel_err(out, expected) < tol
+    exported = jaxseg.weights.to_torch(name, {'params': variables['params'], **updates})
+    stats = [k for k in ref.state_dict() if 'running' in k]
+    assert stats
+    for k in stats:
+      assert rel_err(exported[k], ref.state_dict()[k].numpy()) < tol, k
+  return got
 
 
 @pytest.fixture(scope='session')

@@ -149,9 +149,9 @@ def incomplete_dirs(workdir) -> list[str]:
 
 
 def load_variables(workdir):
-  from train import train_lib
+  from train import evaluation
 
-  _, _, variables = train_lib.load_trained(str(workdir))
+  _, _, variables = evaluation.load_trained(str(workdir))
   return jax.device_get(variables)
 
 

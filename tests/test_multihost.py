@@ -21,12 +21,26 @@ def test_two_processes_train_one_model(tmp_path):
   procs = []
   for pid in range(2):
     cmd = [
-      sys.executable, '-m', 'train.main', '--config', 'configs/quickstart.py:smoke', '--workdir', str(tmp_path),
-      '--config.dataset.synthetic_size=32', '--config.dataset.crop_size=(32, 32)', '--config.predict.num_images=1',
-      '--config.train.distributed=True', f'--config.train.coordinator_address=127.0.0.1:{port}',
-      '--config.train.num_processes=2', f'--config.train.process_id={pid}',
+      sys.executable,
+      '-m',
+      'train.main',
+      '--config',
+      'configs/quickstart.py:smoke',
+      '--workdir',
+      str(tmp_path),
+      '--config.dataset.synthetic_size=32',
+      '--config.dataset.crop_size=(32, 32)',
+      '--config.predict.num_images=1',
+      '--config.train.distributed=True',
+      f'--config.train.coordinator_address=127.0.0.1:{port}',
+      '--config.train.num_processes=2',
+      f'--config.train.process_id={pid}',
     ]
-    procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs.append(
+      subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      )
+    )
   outs = []
   try:
     for p in procs:
@@ -36,7 +50,7 @@ def test_two_processes_train_one_model(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for rc, out, err in outs:
+  for rc, _, err in outs:
     assert rc == 0, err[-3000:]
     assert 'process ' in err and 'of 2' in err
   sums = [re.search(r'params checksum: (\S+)', out).group(1) for _, out, _ in outs]

@@ -14,7 +14,11 @@ def notebook_code(path: str) -> str:
   lines = []
   for cell in nb['cells']:
     if cell['cell_type'] == 'code':
-      lines += [l for l in ''.join(cell['source']).splitlines() if not l.lstrip().startswith(('!', '%'))]
+      lines += [
+        line
+        for line in ''.join(cell['source']).splitlines()
+        if not line.lstrip().startswith(('!', '%'))
+      ]
       lines.append('')
   return '\n'.join(lines)
 
@@ -29,7 +33,9 @@ def test_colab_notebook_runs_on_fake_devices(tmp_path):
     JAXSEG_NOTEBOOK_SMOKE='1',
     JAXSEG_NOTEBOOK_DIR=str(tmp_path),
   )
-  out = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+  out = subprocess.run(
+    [sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'CpuDevice(id=3)' in out.stdout  # four devices
   assert 'VOC val mIoU' in out.stdout

@@ -8,11 +8,10 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import common, fcn8s
-from train import checkpointing, train_lib
+from train import checkpointing, optim, steps, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +39,10 @@ def test_multidevice_jit_equals_single_device_and_pmap():
   out = subprocess.run(
     [sys.executable, os.path.join(ROOT, 'tests', 'scripts', 'multidevice_check.py')],
     env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
-    capture_output=True, text=True, timeout=300, cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -49,6 +51,7 @@ def test_multidevice_jit_equals_single_device_and_pmap():
   assert abs(r['loss_single'] - r['loss_sharded']) < 1e-5
   assert r['jit_vs_pmap'] < 1e-5 and r['jit_vs_pmap_stats'] < 1e-5
   assert abs(r['loss_jit'] - r['loss_pmap']) < 1e-5
+  assert r['executables'] == {'jit': 1, 'pmap': 1}  # 3 steps, one compiled program each
 
 
 @pytest.fixture(scope='module')
@@ -66,25 +69,37 @@ def test_train_checkpoint_eval(trained):
   assert 0.0 <= summary['eval']['miou'] <= 1.0
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   lines = [json.loads(x) for x in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert any('loss' in r for r in lines) and any('eval/miou' in r for r in lines)
-  events = [f for f in os.listdir(os.path.join(workdir, 'tb')) if f.startswith('events.out.tfevents')]
+  assert [r['step'] for r in lines if 'loss' in r] == [1, 2]  # log_every=1; 2 is a checkpoint step
+  assert any('eval/miou' in r for r in lines)
+  events = [
+    f for f in os.listdir(os.path.join(workdir, 'tb')) if f.startswith('events.out.tfevents')
+  ]
   assert events
-  assert b'eval/prediction' in open(os.path.join(workdir, 'tb', events[0]), 'rb').read()  # image summary
+  # The logged eval image (image summary).
+  assert b'eval/prediction' in open(os.path.join(workdir, 'tb', events[0]), 'rb').read()
 
 
 def test_restored_state_equals_saved(trained):
   workdir, summary = trained
   config = smoke_config(2)
-  model = train_lib.build_model(config)
-  abstract = train_lib.abstract_train_state(config, model)
+  model = steps.build_model(config)
+  abstract = steps.abstract_train_state(config, model)
   abstract = abstract.replace(
-    params=jax.tree.map(lambda s, a: jax.ShapeDtypeStruct(np.shape(a), s.dtype), abstract.params, summary['state'].params)
+    params=jax.tree.map(
+      lambda s, a: jax.ShapeDtypeStruct(np.shape(a), s.dtype),
+      abstract.params,
+      summary['state'].params,
+    )
   )
   restored, meta = checkpointing.restore_for_inference(workdir, abstract)
   assert meta['model'] == 'fcn8s' and meta['step'] == 2
   saved = summary['state']
   assert int(restored.step) == int(saved.step) == 2
-  for a, b in zip(jax.tree.leaves((restored.params, restored.opt_state)), jax.tree.leaves((saved.params, saved.opt_state))):
+  for a, b in zip(
+    jax.tree.leaves((restored.params, restored.opt_state)),
+    jax.tree.leaves((saved.params, saved.opt_state)),
+    strict=True,
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -119,24 +134,79 @@ def test_nothing_written_when_the_first_step_fails(tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-def test_model_compiler_options_reach_the_step_compile(monkeypatch, tmp_path):
-  """The trainer compiles its steps with `layers.cpu_compiler_options(model)`: an option XLA
-  does not know fails the first step's compile (and nothing is written)."""
-  seen = []
+def test_recipe_compiler_options_reach_the_step_compiles(monkeypatch, tmp_path):
+  """config.train.xla_cpu_compiler_options go to the trainer's jits: an option XLA does not
+  know fails the first step's compile (and nothing is written)."""
+  from jaxseg import cpu_conv
 
-  def options(model):
-    seen.append(type(model).__name__)
-    return {'xla_no_such_option_for_the_test': True}
-
-  monkeypatch.setattr(train_lib.layers, 'cpu_compiler_options', options)
+  monkeypatch.delenv(cpu_conv.OPT_OUT_ENV, raising=False)
+  config = smoke_config(2)
+  config.train.xla_cpu_compiler_options = {'xla_no_such_option_for_the_test': True}
   with pytest.raises(Exception, match='xla_no_such_option_for_the_test'):
-    train_lib.train_and_evaluate(smoke_config(2), str(tmp_path), progress=False)
-  assert seen == ['FCN']
+    train_lib.train_and_evaluate(config, str(tmp_path), progress=False)
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
+def test_eval_and_predict_steps_compile_with_the_options():
+  config = smoke_config()
+  model = steps.build_model(config)
+  state = steps.create_train_state(config, model, jax.random.key(0), (2, 32, 32, 3))
+  batch = {'image': np.zeros((2, 32, 32, 3), np.float32), 'label': np.zeros((2, 32, 32), np.int32)}
+  options = {'xla_no_such_option_for_the_test': True}
+  par = steps.Parallel('jit', steps.step_config(config), options)
+  with pytest.raises(Exception, match='xla_no_such_option_for_the_test'):
+    par.eval(par.put_state(state), par.put_batch(batch))
+  with pytest.raises(Exception, match='xla_no_such_option_for_the_test'):
+    par.predict(state, batch['image'])
+  par = steps.Parallel('jit', steps.step_config(config))
+  assert par.predict(state, batch['image']).shape == (2, 32, 32)
+
+
+def test_compile_counter_counts_programs_compiled_in_its_context():
+  f = jax.jit(lambda x: x * 2 + 1)
+  g = jax.jit(lambda x: x - 1)
+  with steps.CompileCounter() as counter:
+    for _ in range(3):
+      f(np.ones(3, np.float32))  # compiled once, then served from jit's cache
+  assert counter.count == 1
+  g(np.ones(3, np.float32))  # outside the context: not counted
+  with counter:
+    f(np.ones(4, np.float32))  # a new shape is a new program
+    f(np.ones(4, np.float32))
+  assert counter.count == 2
+
+
+def test_every_log_step_and_checkpoint_step_has_a_metrics_record(tmp_path):
+  """Metrics are read every log_every steps, at checkpoint steps and at the last step, each
+  time with a record in metrics.jsonl (a log step that is also a checkpoint step included);
+  evaluation runs every eval_every steps whether or not metrics are read there."""
+  from configs import quickstart
+
+  config = quickstart.get_config('smoke')
+  config.dataset.synthetic_size = 16
+  config.dataset.crop_size = (16, 16)
+  config.model.kwargs = {'features': 4, 'depth': 2}
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.train.checkpoint_every = 3
+  config.train.eval_every = 5  # neither a log nor a checkpoint step
+  config.predict.num_images = 0
+  summary = train_lib.train_and_evaluate(config, str(tmp_path), progress=False)
+  assert summary['step'] == 6 and summary['train_executables'] == 1
+  records = [json.loads(x) for x in open(tmp_path / 'metrics.jsonl')]
+  train_records = [r for r in records if 'loss' in r]
+  # The first step, every multiple of log_every (6 is also a checkpoint step) and checkpoint 3.
+  assert [r['step'] for r in train_records] == [1, 2, 3, 4, 6]
+  for r in train_records:
+    assert {'loss', 'grad_norm', 'pixel_acc', 'images_per_s', 'skipped_nonfinite'} <= set(r)
+    assert np.isfinite(r['loss']) and r['skipped_nonfinite'] == 0
+  assert summary['metrics']['loss'] == train_records[-1]['loss']
+  assert [r['step'] for r in records if 'eval/miou' in r] == [5, 6]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+
+
 def test_batch_not_divisible_by_devices_is_explained(monkeypatch):
-  par = train_lib.Parallel('jit', train_lib.step_config(smoke_config()))
+  par = steps.Parallel('jit', steps.step_config(smoke_config()))
   monkeypatch.setattr(par, 'num_devices', 4)
   with pytest.raises(ValueError, match='divisible by the number of devices \\(4\\)'):
     par.check_batch_size(6, 'config.train.batch_size')
@@ -147,9 +217,14 @@ def test_schedules(name):
   c = common.base_config()
   c.optim.lr, c.optim.schedule, c.train.num_steps = 1.0, name, 100
   c.optim.step_boundaries, c.optim.warmup_steps = (0.5,), 10
-  s = train_lib.make_schedule(c)
+  s = optim.make_schedule(c)
   assert float(s(0)) == 0.0 and np.isclose(float(s(10)), 1.0)
-  expected_end = {'poly': (1 - 89 / 90) ** 0.9, 'cosine': 0.5 * (1 + np.cos(np.pi * 89 / 90)), 'step': 0.1, 'constant': 1.0}
+  expected_end = {
+    'poly': (1 - 89 / 90) ** 0.9,
+    'cosine': 0.5 * (1 + np.cos(np.pi * 89 / 90)),
+    'step': 0.1,
+    'constant': 1.0,
+  }
   np.testing.assert_allclose(float(s(99)), expected_end[name], rtol=1e-4)
 
 
@@ -158,13 +233,13 @@ def test_head_lr_multiplier_and_accumulation():
   c.optim.name, c.optim.lr, c.optim.momentum, c.optim.weight_decay = 'sgd', 1.0, 0.0, 0.0
   c.optim.schedule, c.optim.head_lr_mult = 'constant', 10.0
   params = {'backbone': jnp.ones(2), 'head': jnp.ones(2)}
-  tx = train_lib.make_optimizer(c, params)
+  tx = optim.make_optimizer(c, params)
   grads = {'backbone': jnp.ones(2), 'head': jnp.ones(2)}
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates['backbone'], -1.0)
   np.testing.assert_allclose(updates['head'], -10.0)
   c.optim.head_lr_mult, c.train.grad_accum_steps = 1.0, 2
-  tx = train_lib.make_optimizer(c, params)
+  tx = optim.make_optimizer(c, params)
   st = tx.init(params)
   u1, st = tx.update(grads, st, params)
   u2, st = tx.update({k: 3 * v for k, v in grads.items()}, st, params)
@@ -176,21 +251,33 @@ def test_bad_config_values():
   c = common.base_config()
   c.optim.schedule = 'linear'
   with pytest.raises(ValueError, match="'poly', 'cosine', 'step' or 'constant'"):
-    train_lib.make_schedule(c)
+    optim.make_schedule(c)
   c = smoke_config()
   c.train.class_weights = (1.0, 2.0)
   with pytest.raises(ValueError, match='class_weights has 2 entries, expected num_classes=4'):
-    train_lib.step_config(c)
+    steps.step_config(c)
   with pytest.raises(ValueError, match="'jit' or 'pmap'"):
-    train_lib.Parallel('dp', train_lib.step_config(smoke_config()))
+    steps.Parallel('dp', steps.step_config(smoke_config()))
 
 
 def test_eval_and_predict_clis(trained, tmp_path):
   """train.eval writes the whole-split scores; train.predict writes palette PNGs for a real VOC photo."""
   workdir, summary = trained
   out = subprocess.run(
-    [sys.executable, '-m', 'train.eval', '--checkpoint', workdir, '--output', str(tmp_path / 'eval.json')],
-    env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT,
+    [
+      sys.executable,
+      '-m',
+      'train.eval',
+      '--checkpoint',
+      workdir,
+      '--output',
+      str(tmp_path / 'eval.json'),
+    ],
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.load(open(tmp_path / 'eval.json'))
@@ -204,9 +291,23 @@ def test_eval_and_predict_clis(trained, tmp_path):
   Image.fromarray(photo).save(tmp_path / 'voc.jpg')
   (tmp_path / 'notes.txt').write_text('not an image')
   out = subprocess.run(
-    [sys.executable, '-m', 'train.predict', '--checkpoint', workdir, '--input', str(tmp_path),
-     '--output', str(tmp_path / 'pred'), '--probs'],
-    env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT,
+    [
+      sys.executable,
+      '-m',
+      'train.predict',
+      '--checkpoint',
+      workdir,
+      '--input',
+      str(tmp_path),
+      '--output',
+      str(tmp_path / 'pred'),
+      '--probs',
+    ],
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   with Image.open(tmp_path / 'pred' / 'voc.png') as im:
@@ -237,18 +338,27 @@ def test_config_backbone_weights_initialise_only_the_backbone(tmp_path):
   import jaxseg
 
   config = smoke_config()
-  model = train_lib.build_model(config)
-  donor = train_lib.init_variables(model, jax.random.key(42), (1, 32, 32, 3))
+  model = steps.build_model(config)
+  donor = steps.init_variables(model, jax.random.key(42), (1, 32, 32, 3))
   name, kwargs = model.backbone_spec()
-  sd = jaxseg.weights.to_torch(name, {'params': donor['params']['backbone']})  # torchvision vgg16 layout
-  save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / 'vgg16.safetensors'))
+  # torchvision vgg16 layout
+  sd = jaxseg.weights.to_torch(name, {'params': donor['params']['backbone']})
+  save_file(
+    {k: np.ascontiguousarray(v) for k, v in sd.items()}, str(tmp_path / 'vgg16.safetensors')
+  )
   config.model.backbone_weights = str(tmp_path / 'vgg16.safetensors')
-  variables = train_lib._initial_variables(config, model, jax.random.key(0), (1, 32, 32, 3))
-  fresh = train_lib.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
-  for a, b in zip(jax.tree.leaves(variables['params']['backbone']), jax.tree.leaves(donor['params']['backbone'])):
+  variables = train_lib.initial_variables(config, model, jax.random.key(0), (1, 32, 32, 3))
+  fresh = steps.init_variables(model, jax.random.key(0), (1, 32, 32, 3))
+  for a, b in zip(
+    jax.tree.leaves(variables['params']['backbone']),
+    jax.tree.leaves(donor['params']['backbone']),
+    strict=True,
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for key in ('score_fr', 'upscore8'):  # the head keeps its fresh initialisation
-    for a, b in zip(jax.tree.leaves(variables['params'][key]), jax.tree.leaves(fresh['params'][key])):
+    for a, b in zip(
+      jax.tree.leaves(variables['params'][key]), jax.tree.leaves(fresh['params'][key]), strict=True
+    ):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -256,17 +366,22 @@ def test_bfloat16_compute_keeps_float32_params():
   """config.train.dtype='bfloat16': the model computes in bfloat16, parameters and their updates stay float32."""
   config = smoke_config()
   config.train.dtype = 'bfloat16'
-  model = train_lib.build_model(config)
+  model = steps.build_model(config)
   assert model.dtype == jnp.bfloat16
-  state = train_lib.create_train_state(config, model, jax.random.key(0), (2, 32, 32, 3))
+  state = steps.create_train_state(config, model, jax.random.key(0), (2, 32, 32, 3))
   rng = np.random.default_rng(0)
   batch = {
     'image': rng.standard_normal((2, 32, 32, 3)).astype(np.float32),
     'label': rng.integers(0, 4, (2, 32, 32)).astype(np.int32),
   }
-  step = jax.jit(lambda s, b: train_lib.train_step(s, b, jax.random.key(1), cfg=train_lib.step_config(config)))
+  step = jax.jit(
+    lambda s, b: steps.train_step(s, b, jax.random.key(1), cfg=steps.step_config(config))
+  )
   new_state, m = step(state, batch)
   assert np.isfinite(float(m['loss'])) and bool(m['finite'])
   assert {a.dtype for a in jax.tree.leaves(new_state.params)} == {jnp.dtype('float32')}
-  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params)))
+  moved = max(
+    float(jnp.max(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(state.params), strict=True)
+  )
   assert moved > 0

@@ -17,12 +17,14 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import tempfile
 import time
 
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 from train import logging_lib
@@ -72,6 +74,24 @@ def set_aside_incomplete_steps(directory: str) -> list[str]:
   return moved
 
 
+def checkpoint_meta(config: ml_collections.ConfigDict) -> dict:
+  """What a checkpoint records besides arrays: enough to rebuild the model for eval/predict."""
+  return {
+    'model': config.model.name,
+    'num_classes': int(config.dataset.num_classes),
+    'config': json.loads(config.to_json_best_effort()),
+  }
+
+
+def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+  """The training config stored by `checkpoint_meta`."""
+  if 'config' not in meta:
+    raise ValueError(
+      f'checkpoint metadata has no config (keys: {sorted(meta)}); pass --config explicitly.'
+    )
+  return ml_collections.ConfigDict(meta['config'])
+
+
 class CheckpointMismatchError(ValueError):
   """The checkpoint in the workdir belongs to another model or class count."""
 
@@ -84,7 +104,9 @@ def check_workdir(workdir: str) -> None:
       f.write(b'0' * 4096)
       f.flush()
   except OSError as e:
-    raise PermissionError(f'workdir {workdir!r} is not writable ({e.strerror or e}); choose another --workdir.') from e
+    raise PermissionError(
+      f'workdir {workdir!r} is not writable ({e.strerror or e}); choose another --workdir.'
+    ) from e
   free = shutil.disk_usage(workdir).free
   if free < MIN_FREE_BYTES:
     raise OSError(
@@ -106,7 +128,9 @@ def _set_iterator_state(train_iter, state) -> None:
     return
   setter = getattr(train_iter, 'set_state', None)
   if setter is None:
-    raise ValueError('the checkpoint holds a data-iterator position but this iterator cannot be restored.')
+    raise ValueError(
+      'the checkpoint holds a data-iterator position but this iterator cannot be restored.'
+    )
   setter(state.encode('utf-8') if isinstance(state, str) else state)
 
 
@@ -151,7 +175,9 @@ class Checkpointer:
 
   def _warn_incomplete(self) -> None:
     for path in sorted(glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*'))):
-      logging_lib.info(f'WARNING: skipping incomplete checkpoint {path} (the run was killed while writing it).')
+      logging_lib.info(
+        f'WARNING: skipping incomplete checkpoint {path} (the run was killed while writing it).'
+      )
 
   def check_meta(self, meta: dict, where: str) -> None:
     for key in ('model', 'num_classes'):
@@ -191,7 +217,9 @@ class Checkpointer:
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(host_state),
-        data=ocp.args.JsonSave({'iterator': _iterator_state(train_iter) if train_iter is not None else None}),
+        data=ocp.args.JsonSave(
+          {'iterator': _iterator_state(train_iter) if train_iter is not None else None}
+        ),
         meta=ocp.args.JsonSave({**self.meta, 'step': int(step)}),
       ),
     )
@@ -220,7 +248,9 @@ class Checkpointer:
     self._manager = self._best = None
 
 
-def restore_for_inference(workdir_or_dir: str, abstract_state, *, meta: dict | None = None, best: bool = False):
+def restore_for_inference(
+  workdir_or_dir: str, abstract_state, *, meta: dict | None = None, best: bool = False
+):
   """Restores the state from a training workdir (latest, or best with best=True) or a checkpoint directory.
 
   Returns (state, meta_on_disk).
@@ -230,14 +260,18 @@ def restore_for_inference(workdir_or_dir: str, abstract_state, *, meta: dict | N
   for directory in candidates:
     if not os.path.isdir(directory):
       continue
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+    manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+    )
     step = manager.latest_step()
     if step is None:
       continue
     disk_meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     if meta is not None:
       Checkpointer('', meta=meta).check_meta(disk_meta, f'{directory}/{step}')
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+    state = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )['state']
     return state, disk_meta
   raise FileNotFoundError(
     f'no complete checkpoint found in {path} (looked in {", ".join(candidates)}); train first with '
@@ -250,7 +284,9 @@ def read_meta(workdir_or_dir: str) -> dict:
   path = os.path.abspath(workdir_or_dir)
   for directory in (os.path.join(path, 'checkpoints'), path):
     if os.path.isdir(directory):
-      manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+      manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+      )
       step = manager.latest_step()
       if step is not None:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
@@ -261,6 +297,8 @@ __all__ = [
   'Checkpointer',
   'CheckpointMismatchError',
   'check_workdir',
+  'checkpoint_meta',
+  'config_from_meta',
   'incomplete_steps',
   'read_meta',
   'restore_for_inference',

@@ -46,7 +46,11 @@ class MetricWriter:
   def scalars(self, step: int, values: dict) -> None:
     if not self.enabled:
       return
-    record = {'step': int(step), 'time': time.time(), **{k: _jsonable(v) for k, v in values.items()}}
+    record = {
+      'step': int(step),
+      'time': time.time(),
+      **{k: _jsonable(v) for k, v in values.items()},
+    }
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     if self._tb is not None:

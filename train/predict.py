@@ -11,6 +11,7 @@ come from the checkpoint's stored config.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -24,7 +25,9 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
 
 def list_images(path: str) -> list[str]:
   if os.path.isdir(path):
-    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = sorted(
+      os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if not files:
       raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in directory {path!r}.')
     return files
@@ -41,28 +44,58 @@ def read_image(path: str) -> np.ndarray:
     raise ValueError(f'{path!r} is not a readable image: {e}') from e
 
 
-def predict_probs(model, variables, image_uint8: np.ndarray, config, *, scales=(1.0,), flip=False) -> np.ndarray:
-  """(H, W, C) softmax probabilities for one uint8 RGB image, at full resolution."""
+@functools.lru_cache(maxsize=8)
+def _probs_fn(apply_fn, scales: tuple, flip: bool, num_classes: int, compiler_options: tuple):
+  """Jitted fn(variables, images) -> probabilities, one per (hashable) `layers.Apply` and options."""
+  from jaxseg import inference
+
+  def probs(variables, x):
+    if scales == (1.0,) and not flip:
+      logits = apply_fn(variables, x, train=False)
+      return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return inference.predict_probs(
+      lambda v, x: apply_fn(v, x, train=False),
+      variables,
+      x,
+      scales=scales,
+      flip=flip,
+      num_classes=num_classes,
+    )
+
+  return jax.jit(probs, compiler_options=dict(compiler_options) or None)
+
+
+def predict_probs(
+  model, variables, image_uint8: np.ndarray, config, *, scales=(1.0,), flip=False
+) -> np.ndarray:
+  """(H, W, C) softmax probabilities for one uint8 RGB image, at full resolution.
+
+  The model runs with the config's convolution lowering and compile options.
+  """
   from jaxseg import data as data_lib
+  from train import steps
 
   x = jnp.asarray(data_lib.normalize(image_uint8, config.dataset.normalize)[None])
-  apply_fn = lambda v, x: model.apply(v, x, train=False)
-  if tuple(scales) == (1.0,) and not flip:
-    probs = jax.nn.softmax(apply_fn(variables, x).astype(jnp.float32), axis=-1)
-  else:
-    from jaxseg import inference
+  options = tuple(sorted((steps.compiler_options(config) or {}).items()))
+  probs_fn = _probs_fn(
+    steps.make_apply(config, model),
+    tuple(float(s) for s in scales),
+    bool(flip),
+    int(config.dataset.num_classes),
+    options,
+  )
+  return np.asarray(jax.device_get(probs_fn(variables, x)))[0]
 
-    probs = inference.predict_probs(
-      apply_fn, variables, x, scales=tuple(scales), flip=flip, num_classes=config.dataset.num_classes
-    )
-  return np.asarray(jax.device_get(probs))[0]
 
-
-def write_prediction(out_dir: str, name: str, image: np.ndarray, probs: np.ndarray, *, save_probs=False) -> list[str]:
+def write_prediction(
+  out_dir: str, name: str, image: np.ndarray, probs: np.ndarray, *, save_probs=False
+) -> list[str]:
   from jaxseg import data as data_lib
 
   if not name or name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
-    raise ValueError(f'prediction name {name!r} must be a plain file name (no directories): outputs stay in {out_dir!r}.')
+    raise ValueError(
+      f'prediction name {name!r} must be a plain file name (no directories): outputs stay in {out_dir!r}.'
+    )
   os.makedirs(out_dir, exist_ok=True)
   pred = np.argmax(probs, -1).astype(np.uint8)
   mask_path = os.path.join(out_dir, f'{name}.png')
@@ -71,9 +104,9 @@ def write_prediction(out_dir: str, name: str, image: np.ndarray, probs: np.ndarr
   tmp = mask_path + '.tmp'
   pal.save(tmp, format='PNG')
   os.replace(tmp, mask_path)  # never leave a half-written PNG under the final name
-  from train.train_lib import center_crop_to
+  from jaxseg import ops
 
-  image = center_crop_to(image, pred.shape)  # the valid U-Net predicts the central region only
+  image = ops.center_crop(image[None], pred.shape)[0]  # the valid U-Net predicts the centre only
   side = np.concatenate([image, data_lib.overlay(image, pred)], axis=1)
   overlay_path = os.path.join(out_dir, f'{name}_overlay.png')
   Image.fromarray(side).save(overlay_path + '.tmp', format='PNG')
@@ -117,10 +150,13 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from train import train_lib
+  from jaxseg import cpu_conv
+
+  cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
+  from train import evaluation
 
   f = flags.FLAGS
-  config, model, variables = train_lib.load_trained(f.checkpoint, best=f.best)
+  config, model, variables = evaluation.load_trained(f.checkpoint, best=f.best)
   files = list_images(f.input)
   scales = tuple(float(s) for s in f.scales)
   for path in files:
