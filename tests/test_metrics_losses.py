@@ -10,7 +10,7 @@ from jaxseg import losses, metrics
 
 def numpy_confusion(labels, preds, n, ignore=255):
   cm = np.zeros((n, n), np.int64)
-  for t, p in zip(labels.ravel(), preds.ravel()):
+  for t, p in zip(labels.ravel(), preds.ravel(), strict=True):
     if t != ignore:
       cm[t, p] += 1
   return cm
@@ -29,7 +29,11 @@ def test_scores_reference_values():
   # rows = ground truth, cols = predictions
   cm = np.array([[3, 1, 0, 0], [2, 4, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
   s = metrics.scores(cm)
-  iou = [3 / (4 + 5 - 3), 4 / (6 + 5 - 4), 0.0]  # class 2 predicted never, labelled once; class 3 only predicted
+  iou = [
+    3 / (4 + 5 - 3),
+    4 / (6 + 5 - 4),
+    0.0,
+  ]  # class 2 predicted never, labelled once; class 3 only predicted
   iou3 = 0 / (0 + 1 - 0)
   np.testing.assert_allclose(s['per_class_iou'][:3], iou)
   np.testing.assert_allclose(s['per_class_iou'][3], iou3)
@@ -78,7 +82,9 @@ def test_cross_entropy_matches_torch(torch_module, weighted):
   w = np.array([0.5, 2.0, 1.0, 3.0], np.float32) if weighted else None
   got = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), class_weights=w)
   ref = torch.nn.functional.cross_entropy(
-    torch.from_numpy(logits.transpose(0, 3, 1, 2)), torch.from_numpy(labels), ignore_index=255,
+    torch.from_numpy(logits.transpose(0, 3, 1, 2)),
+    torch.from_numpy(labels),
+    ignore_index=255,
     weight=None if w is None else torch.from_numpy(w),
   )
   np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
@@ -88,7 +94,7 @@ def test_cross_entropy_all_ignored_is_zero_with_finite_grad():
   logits = jnp.ones((1, 3, 3, 2))
   labels = jnp.full((1, 3, 3), 255)
   assert float(losses.cross_entropy(logits, labels)) == 0.0
-  g = jax.grad(lambda l: losses.cross_entropy(l, labels))(logits)
+  g = jax.grad(lambda z: losses.cross_entropy(z, labels))(logits)
   assert np.all(np.isfinite(g)) and not np.any(g)
 
 
