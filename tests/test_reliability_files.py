@@ -87,9 +87,7 @@ def test_malicious_pickle_is_refused_and_never_executed(evil_files):
 def test_malicious_pickle_is_refused_by_every_entry_point(evil_files, tmp_path):
   from jaxseg import weights
 
-  convert = importlib.import_module(
-    'jaxseg.weights.convert'
-  )  # the package re-exports a function named convert
+  convert = importlib.import_module('jaxseg.weights.convert')
 
   marker, files = evil_files
   path = files[0]

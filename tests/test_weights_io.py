@@ -30,7 +30,9 @@ def random_variables(name, seed=0, **kwargs):
       return (np.arange(s.size, dtype=np.float32) % 997).reshape(s.shape) / 997
     return rng.standard_normal(s.shape, dtype=np.float32)
 
-  return {k: v for k, v in jax.tree_util.tree_map(fill, shapes).items() if k in ('params', 'batch_stats')}
+  return {
+    k: v for k, v in jax.tree_util.tree_map(fill, shapes).items() if k in ('params', 'batch_stats')
+  }
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +61,9 @@ def test_pth_with_arbitrary_object_is_refused_and_never_executed(torch_module, t
 
   path, marker = tmp_path / 'evil.pth', tmp_path / 'marker'
   torch.save({'features.0.weight': torch.zeros(2), 'x': _Evil(str(marker))}, path)
-  with pytest.raises(WeightsError, match=r'(?s)weights_only=True.*never unpickles arbitrary objects'):
+  with pytest.raises(
+    WeightsError, match=r'(?s)weights_only=True.*never unpickles arbitrary objects'
+  ):
     load_state_dict(path)
   with pytest.raises(WeightsError, match='evil.pth'):
     from_torch('vgg16', str(path))
@@ -115,7 +119,9 @@ def test_safetensors_and_npz_need_no_torch(vgg16_state_dict, tmp_path):
     """
   )
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  res = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   assert 'TORCH-FREE OK' in res.stdout
 
@@ -155,7 +161,10 @@ TORCHVISION = {
   'resnet101': ('resnet101', {}),
   'mobilenet_v2': ('mobilenet_v2', {}),
   'fcn_resnet50': ('segmentation.fcn_resnet50', dict(weights_backbone=None, num_classes=5)),
-  'deeplabv3_resnet50': ('segmentation.deeplabv3_resnet50', dict(weights_backbone=None, num_classes=5)),
+  'deeplabv3_resnet50': (
+    'segmentation.deeplabv3_resnet50',
+    dict(weights_backbone=None, num_classes=5),
+  ),
 }
 
 

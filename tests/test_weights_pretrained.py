@@ -26,11 +26,15 @@ def fake_variables(model, input_shape, seed=0):
       return np.zeros(s.shape, s.dtype)
     return rng.standard_normal(s.shape, dtype=np.float32)
 
-  return {k: v for k, v in jax.tree_util.tree_map(fill, shapes).items() if k in ('params', 'batch_stats')}
+  return {
+    k: v for k, v in jax.tree_util.tree_map(fill, shapes).items() if k in ('params', 'batch_stats')
+  }
 
 
 def leaves_with_paths(tree):
-  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 class TinySegBN(nn.Module):
@@ -73,15 +77,22 @@ def test_imagenet_vgg16_into_fcn_backbone_fc6_equals_linear(torch_module):
   new, report = init_backbone(model, variables, tv.state_dict())
   assert report.ignored == ('classifier.6.bias', 'classifier.6.weight')
   assert len(report.loaded) == 2 * 15  # 13 convs + fc6 + fc7, weight and bias
-  assert leaves_with_paths({k: v for k, v in new['params'].items() if k != 'backbone'}).keys() == head_before.keys()
-  for k, v in leaves_with_paths({k: v for k, v in new['params'].items() if k != 'backbone'}).items():
+  assert (
+    leaves_with_paths({k: v for k, v in new['params'].items() if k != 'backbone'}).keys()
+    == head_before.keys()
+  )
+  for k, v in leaves_with_paths(
+    {k: v for k, v in new['params'].items() if k != 'backbone'}
+  ).items():
     np.testing.assert_array_equal(v, head_before[k], err_msg=f'head changed: {k}')
 
   name, kwargs = model.backbone_spec()
   assert (name, kwargs) == ('vgg16', dict(first_padding=100, ceil_mode=True, fc='conv', width=1.0))
   backbone = jaxseg.create_backbone(name, **dict(kwargs, first_padding=1))
   x = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
-  feats = jax.jit(lambda v, x: backbone.apply(v, x, train=False))({'params': new['params']['backbone']}, x)
+  feats = jax.jit(lambda v, x: backbone.apply(v, x, train=False))(
+    {'params': new['params']['backbone']}, x
+  )
   with torch.no_grad():
     pool5 = tv.avgpool(tv.features(torch.from_numpy(to_nchw(x))))
     fc6 = torch.relu(tv.classifier[0](torch.flatten(pool5, 1))).numpy()
@@ -95,7 +106,9 @@ def test_imagenet_vgg16_into_fcn_backbone_fc6_equals_linear(torch_module):
   # classifier is dropped reproduces fc7.
   exported = to_torch('vgg16', {'params': new['params']['backbone']})
   assert exported['classifier.0.weight'].shape == (4096, 25088)
-  np.testing.assert_array_equal(exported['classifier.0.weight'], tv.classifier[0].weight.detach().numpy())
+  np.testing.assert_array_equal(
+    exported['classifier.0.weight'], tv.classifier[0].weight.detach().numpy()
+  )
   tv.classifier[6] = torch.nn.Identity()
   # Wipe, then load the export: the module must come back to the same fc7 (this also fails if the
   # converted variables alias the torch tensors' memory, as jnp.asarray of a numpy view can on CPU).
@@ -141,21 +154,29 @@ def test_init_backbone_with_batchnorm_and_export_round_trip(torch_module, vgg16_
   for k, v in leaves_with_paths(new['params']['head']).items():
     np.testing.assert_array_equal(v, head[k])
   sd = vgg16_bn_features.state_dict()
-  bn = new['batch_stats']['backbone']['conv3_2']['bn']  # features.18 is conv3_2's BatchNorm (conv 17)
+  bn = new['batch_stats']['backbone']['conv3_2'][
+    'bn'
+  ]  # features.18 is conv3_2's BatchNorm (conv 17)
   np.testing.assert_array_equal(bn['mean'], sd['features.18.running_mean'].numpy())
   np.testing.assert_array_equal(bn['var'], sd['features.18.running_var'].numpy())
   np.testing.assert_array_equal(
-    new['params']['backbone']['conv3_2']['conv']['kernel'], sd['features.17.weight'].numpy().transpose(2, 3, 1, 0)
+    new['params']['backbone']['conv3_2']['conv']['kernel'],
+    sd['features.17.weight'].numpy().transpose(2, 3, 1, 0),
   )
 
   # Export -> strict load into a fresh torchvision VGG16-BN feature extractor -> same features.
   from torchvision.models.vgg import cfgs, make_layers
 
-  backbone_vars = {'params': new['params']['backbone'], 'batch_stats': new['batch_stats']['backbone']}
+  backbone_vars = {
+    'params': new['params']['backbone'],
+    'batch_stats': new['batch_stats']['backbone'],
+  }
   exported = to_torch('vgg16_bn', backbone_vars)
   fresh = torch.nn.Module()
   fresh.features = make_layers(cfgs['D'], batch_norm=True)
-  fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()}, strict=True)
+  fresh.load_state_dict(
+    {k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()}, strict=True
+  )
   fresh.eval()
   x = np.random.default_rng(1).standard_normal((2, 35, 33, 3)).astype(np.float32)
   backbone = jaxseg.create_backbone('vgg16_bn')
@@ -170,7 +191,9 @@ def test_init_backbone_errors(vgg16_bn_features):
   variables = fake_variables(model, (1, 32, 32, 3))
   sd = imagenet_state_dict(vgg16_bn_features)
   sd['features.18.running_var'] = sd['features.18.running_var'][:5]
-  with pytest.raises(WeightsError, match=r'features\.18\.running_var: checkpoint has \(5,\), model expects \(256,\)'):
+  with pytest.raises(
+    WeightsError, match=r'features\.18\.running_var: checkpoint has \(5,\), model expects \(256,\)'
+  ):
     init_backbone(model, variables, sd)
   # A plain VGG-16 checkpoint is not a VGG16-BN one: every BN tensor is reported missing.
   plain = to_torch('vgg16', fake_variables(jaxseg.create_backbone('vgg16'), (1, 32, 32, 3)))
@@ -189,7 +212,9 @@ def test_init_backbone_errors(vgg16_bn_features):
     def backbone_spec(self):
       return 'vgg16', {}
 
-  with pytest.raises(ValueError, match=r"backbone_spec\(\) = \('vgg16', \{\}\) does not build the variables"):
+  with pytest.raises(
+    ValueError, match=r"backbone_spec\(\) = \('vgg16', \{\}\) does not build the variables"
+  ):
     init_backbone(WrongSpec(), variables, sd)
 
 
@@ -220,8 +245,12 @@ def test_load_pretrained_reinitialises_exactly_the_classifier(fcn8s_voc_checkpoi
   with caplog.at_level(logging.WARNING, logger='jaxseg.weights.pretrained'):
     new, report = load_pretrained('fcn8s', fresh, sd, 5, width=0.125)
   assert [r.split(':')[0] for r in report.reinitialized] == FCN8S_CLASS_KEYS
-  assert 'score_fr.weight: checkpoint (21, 512, 1, 1) -> model (5, 512, 1, 1)' in report.reinitialized
-  assert 'upscore8.weight: checkpoint (21, 21, 16, 16) -> model (5, 5, 16, 16)' in report.reinitialized
+  assert (
+    'score_fr.weight: checkpoint (21, 512, 1, 1) -> model (5, 512, 1, 1)' in report.reinitialized
+  )
+  assert (
+    'upscore8.weight: checkpoint (21, 21, 16, 16) -> model (5, 5, 16, 16)' in report.reinitialized
+  )
   assert 'score_fr.weight' in caplog.text and '21 classes, model 5' in caplog.text
   assert 're-initialised' in str(report) and 'score_pool3.bias' in str(report)
   assert len(report.loaded) == 2 * 15  # the VGG layers; none of the class-dependent ones

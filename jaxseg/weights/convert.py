@@ -23,19 +23,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
 
-from jaxseg.weights import core
 from jaxseg.weights.core import build, from_torch, get_layout, load_state_dict
 from jaxseg.weights.pretrained import load_pretrained, save_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog='python -m jaxseg.weights.convert', description=__doc__.split('\n\n')[0])
-  p.add_argument('--model', required=True, help='registered model or backbone name (e.g. fcn8s, vgg16)')
+  p = argparse.ArgumentParser(
+    prog='python -m jaxseg.weights.convert', description=__doc__.split('\n\n')[0]
+  )
+  p.add_argument(
+    '--model', required=True, help='registered model or backbone name (e.g. fcn8s, vgg16)'
+  )
   p.add_argument('--input', required=True, help='.pth/.pt, .safetensors or .npz state dict')
   p.add_argument('--output', required=True, help='checkpoint directory to write')
   p.add_argument('--num_classes', type=int, default=None, help='default: read from the checkpoint')
@@ -117,16 +119,6 @@ def main(argv=None) -> int:
   print(summary)
   return 0
 
-
-class _CallableModule(types.ModuleType):
-  """Importing this module sets the package attribute `jaxseg.weights.convert` to it, shadowing the
-  function `jaxseg.weights.convert` (core.convert); calling the module calls that function, so both keep working."""
-
-  def __call__(self, *args, **kwargs):
-    return core.convert(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -56,7 +56,7 @@ class Layout:
     ignore: regexes of PyTorch keys that are legitimately unused (e.g. an ImageNet classifier).
     num_classes_key: PyTorch key whose first dimension is num_classes (to infer it).
     description: the PyTorch implementation whose layout this is.
-    postprocess: optional fn(state_dict) -> state_dict applied by `export`, undoing
+    postprocess: optional fn(state_dict) -> state_dict applied by `export_state_dict`, undoing
       `preprocess` where the source layout differs from Flax's (e.g. fc6 7x7 conv
       weights back into torchvision's Linear).
   """
@@ -155,7 +155,9 @@ def load_state_dict(source) -> dict[str, np.ndarray]:
       with np.load(path, allow_pickle=False) as z:
         sd = {k: z[k] for k in z.files}
     else:
-      raise ValueError(f'unsupported weights file {path!r}: expected .pth/.pt, .safetensors or .npz.')
+      raise ValueError(
+        f'unsupported weights file {path!r}: expected .pth/.pt, .safetensors or .npz.'
+      )
   for wrapper in ('state_dict', 'model_state_dict', 'model'):
     if wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = sd[wrapper]
@@ -199,8 +201,77 @@ def flat_key_map(target: Mapping, key_fn: Callable) -> dict[tuple, str]:
   return out
 
 
-def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layout, name: str = '') -> dict:
-  """Builds Flax variables shaped like `target` (arrays or ShapeDtypeStructs) from `state_dict`."""
+# Key-function building blocks shared by the layouts_*.py modules.
+
+
+def dotted_key_fn(*wrappers: str) -> Callable[[tuple[str, ...]], str]:
+  """A key function for layouts whose PyTorch names are the Flax module names joined with '.'.
+
+  Args:
+    *wrappers: Flax modules the PyTorch model has no counterpart for (e.g. 'backbone', when the
+      PyTorch model keeps its encoder layers at the top level as pytorch-fcn does).
+
+  Returns:
+    fn(path) -> path without `wrappers`, joined with '.': ('backbone', 'conv1_1') -> 'conv1_1'.
+  """
+
+  def key_fn(path: tuple[str, ...]) -> str:
+    return '.'.join(p for p in path if p not in wrappers)
+
+  return key_fn
+
+
+def conv_bn_key(module: str, conv: str, bn: str) -> str:
+  """PyTorch prefix of one half of a convolution + BatchNorm2d pair.
+
+  jaxseg's conv + BN blocks (jaxseg.layers.ConvBNReLU and the models' own) name the convolution
+  'conv' ('deconv' for a transposed one) and the normalisation 'bn'.
+
+  Args:
+    module: the Flax sub-module name, 'conv', 'deconv' or 'bn'.
+    conv: PyTorch prefix of the convolution (e.g. 'aspp.conv1').
+    bn: PyTorch prefix of the BatchNorm2d (e.g. 'aspp.bn1').
+
+  Returns:
+    `conv` or `bn`.
+
+  Raises:
+    KeyError: `module` is neither half of the pair.
+  """
+  if module in ('conv', 'deconv'):
+    return conv
+  if module == 'bn':
+    return bn
+  raise KeyError(f'expected a conv or bn sub-module, got {module!r} (under {conv!r})')
+
+
+def sequential_key(prefix: str, module: str, conv_index: int = 0) -> str:
+  """PyTorch prefix of a convolution + BatchNorm2d pair held in a torch Sequential.
+
+  As in torchvision's Conv2dNormActivation or `Sequential(Conv2d, BatchNorm2d, ReLU)`: the
+  convolution is item `conv_index` of the Sequential at `prefix`, the BatchNorm2d the next item.
+  ('conv1_1', 'bn') -> 'conv1_1.1'; ('convs.4', 'conv', 1) -> 'convs.4.1'.
+  """
+  return conv_bn_key(module, f'{prefix}.{conv_index}', f'{prefix}.{conv_index + 1}')
+
+
+def convert_state_dict(
+  state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layout, name: str = ''
+) -> dict:
+  """Builds Flax variables shaped like `target` from a PyTorch-layout state dict.
+
+  Args:
+    state_dict: PyTorch keys -> arrays (see `load_state_dict`).
+    target: the model's variables, or their shapes from `jax.eval_shape` (`target_shapes`).
+    layout: the key map (`get_layout(name)`).
+    name: what the error message calls the model.
+
+  Returns:
+    Variables with `target`'s tree, shapes and dtypes (fresh copies, never views of `state_dict`).
+
+  Raises:
+    WeightsError: listing every missing key, shape mismatch and unused key.
+  """
   flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
   sd = dict(state_dict)
   if layout.preprocess is not None:
@@ -227,7 +298,11 @@ def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layou
   unused = sorted(k for k in sd if k not in used and not any(p.fullmatch(k) for p in ignore))
   if missing or mismatched or unused:
     lines = [f'State dict does not fit {name or "the model"}:']
-    for title, items in (('missing keys', missing), ('shape mismatches', mismatched), ('unused keys', unused)):
+    for title, items in (
+      ('missing keys', missing),
+      ('shape mismatches', mismatched),
+      ('unused keys', unused),
+    ):
       if items:
         lines.append(f'  {title} ({len(items)}):')
         lines.extend(f'    {s}' for s in items[:50])
@@ -237,14 +312,19 @@ def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layou
   return flax.traverse_util.unflatten_dict(out)
 
 
-def export(variables: Mapping, layout: Layout) -> dict[str, np.ndarray]:
-  """Flax variables -> PyTorch-layout state dict (NumPy arrays)."""
+def export_state_dict(variables: Mapping, layout: Layout) -> dict[str, np.ndarray]:
+  """Flax variables -> PyTorch-layout state dict (NumPy arrays), the inverse of `convert_state_dict`.
+
+  BatchNorm layers also get the `num_batches_tracked` counter PyTorch's strict loading expects.
+  """
   keymap = flat_key_map(variables, layout.key_fn)
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
   sd = {}
   for path, tkey in keymap.items():
     # A copy, never a view of the (immutable) JAX buffer that torch.from_numpy could then write into.
-    sd[tkey] = np.array(_flax_to_torch(np.asarray(jax.device_get(flat[path]))), order='C', copy=True)
+    sd[tkey] = np.array(
+      _flax_to_torch(np.asarray(jax.device_get(flat[path]))), order='C', copy=True
+    )
     if path[0] == 'batch_stats' and path[-1] == 'mean':
       sd[tkey.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
   if layout.postprocess is not None:
@@ -262,7 +342,9 @@ def build(name: str, layout: Layout, **model_kwargs) -> Any:
 
 def target_shapes(module, input_shape) -> dict:
   x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
-  return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), train=False))
+  return jax.eval_shape(
+    lambda: module.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype), train=False)
+  )
 
 
 def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
@@ -281,11 +363,13 @@ def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
   sd = load_state_dict(state_dict_or_path)
   if layout.kind == 'model' and 'num_classes' not in model_kwargs:
     if layout.num_classes_key is None or layout.num_classes_key not in sd:
-      raise ValueError(f'from_torch({name!r}): pass num_classes= (it cannot be read from the checkpoint).')
+      raise ValueError(
+        f'from_torch({name!r}): pass num_classes= (it cannot be read from the checkpoint).'
+      )
     model_kwargs['num_classes'] = int(sd[layout.num_classes_key].shape[0])
   module = build(name, layout, **model_kwargs)
   try:
-    return convert(sd, target_shapes(module, layout.input_shape), layout, name)
+    return convert_state_dict(sd, target_shapes(module, layout.input_shape), layout, name)
   except WeightsError as e:
     have = sd.get(layout.num_classes_key) if layout.num_classes_key else None
     if layout.kind == 'model' and have is not None and have.shape[0] != model_kwargs['num_classes']:
@@ -298,4 +382,4 @@ def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
 
 def to_torch(name: str, variables: Mapping) -> dict[str, np.ndarray]:
   """Exports Flax variables of `name` to its PyTorch layout (NumPy arrays; wrap with torch.from_numpy)."""
-  return export(variables, get_layout(name))
+  return export_state_dict(variables, get_layout(name))

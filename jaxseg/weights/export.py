@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import types
 import uuid
 
 import numpy as np
 
-from jaxseg.weights import core
 from jaxseg.weights.core import to_torch
 from jaxseg.weights.pretrained import checkpoint_metadata, load_checkpoint
 
@@ -53,7 +51,9 @@ def export_checkpoint(checkpoint: str, output: str) -> dict[str, np.ndarray]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m jaxseg.weights.export', description=__doc__.split('\n\n')[0])
+  p = argparse.ArgumentParser(
+    prog='python -m jaxseg.weights.export', description=__doc__.split('\n\n')[0]
+  )
   p.add_argument('--checkpoint', required=True, help='jaxseg checkpoint directory')
   p.add_argument('--output', required=True, help='FILE.safetensors (or .npz)')
   args = p.parse_args(argv)
@@ -63,16 +63,6 @@ def main(argv=None) -> int:
   )
   return 0
 
-
-class _CallableModule(types.ModuleType):
-  """Importing this module sets the package attribute `jaxseg.weights.export` to it, shadowing the
-  function `jaxseg.weights.export` (core.export); calling the module calls that function, so both keep working."""
-
-  def __call__(self, *args, **kwargs):
-    return core.export(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -11,11 +11,8 @@
 
 from __future__ import annotations
 
-from jaxseg.weights.core import Layout, register_layout
+from jaxseg.weights.core import Layout, conv_bn_key, register_layout, sequential_key
 from jaxseg.weights.layouts_resnet import resnet_key_fn
-
-# ConvBNReLU / SeparableConv2d leaves inside a torch Sequential(conv, bn, relu).
-_SEQ = {'conv': '0', 'bn': '1'}
 
 
 def _encoder_key(path: tuple[str, ...]) -> str:
@@ -29,6 +26,9 @@ def _encoder_key(path: tuple[str, ...]) -> str:
   return resnet_key_fn(path)
 
 
+# jaxseg's SeparableConv2d sub-modules: separable ASPP / decoder convolutions (a jaxseg extension
+# of both layouts) keep these names as PyTorch keys.
+_JF_SEP = ('depthwise', 'depthwise_bn', 'pointwise', 'pointwise_bn')
 _XCEPTION_SEP = {'depthwise': 'conv1', 'depthwise_bn': 'bn', 'pointwise': 'pointwise'}
 _XCEPTION_MIDDLE = 16  # jfzhang95's middle flow: block4..block19; exit block1 is block20
 
@@ -77,13 +77,13 @@ def torchvision_aspp_key(path: tuple[str, ...], n_rates: int = 3) -> str:
   """ASPP path (branchN / pooling / project, then conv|bn) -> torchvision's ASPP prefix."""
   branch, *rest = path
   if branch == 'project':
-    return 'project.' + _SEQ[rest[0]]
+    return sequential_key('project', rest[0])
   if branch == 'pooling':  # Sequential(AdaptiveAvgPool2d, Conv2d, BN, ReLU)
-    return f'convs.{n_rates + 1}.' + {'conv': '1', 'bn': '2'}[rest[0]]
+    return sequential_key(f'convs.{n_rates + 1}', rest[0], 1)
   i = int(branch[len('branch') :])
-  if rest[0] in _SEQ:
-    return f'convs.{i}.' + _SEQ[rest[0]]
-  return f'convs.{i}.' + '.'.join(rest)  # separable branch (jaxseg extension)
+  if rest[0] in _JF_SEP:  # separable branch (jaxseg extension)
+    return f'convs.{i}.' + '.'.join(rest)
+  return sequential_key(f'convs.{i}', rest[0])
 
 
 def torchvision_seg_key_fn(path: tuple[str, ...]) -> str:
@@ -133,38 +133,27 @@ register_layout(
 )
 
 
-_JF_SEP = ('depthwise', 'depthwise_bn', 'pointwise', 'pointwise_bn')
-
-
-def _jf_conv_bn(prefix_conv: str, prefix_bn: str, rest) -> str:
-  if rest[0] == 'conv':
-    return prefix_conv
-  if rest[0] == 'bn':
-    return prefix_bn
-  raise KeyError(rest)
-
-
 def deeplab_v3plus_key_fn(path: tuple[str, ...]) -> str:
   head, *rest = path
   if head == 'backbone':
     return 'backbone.' + _encoder_key(tuple(rest))
   if head == 'aspp':
     branch, *leaf = rest
-    if branch == 'pooling':
-      return _jf_conv_bn('aspp.global_avg_pool.1', 'aspp.global_avg_pool.2', leaf)
+    if branch == 'pooling':  # Sequential(AdaptiveAvgPool2d, Conv2d, BN, ReLU)
+      return sequential_key('aspp.global_avg_pool', leaf[0], 1)
     if branch == 'project':
-      return _jf_conv_bn('aspp.conv1', 'aspp.bn1', leaf)
+      return conv_bn_key(leaf[0], 'aspp.conv1', 'aspp.bn1')
     n = int(branch[len('branch') :]) + 1
     if leaf[0] in _JF_SEP:
       return f'aspp.aspp{n}.{leaf[0]}'
-    return _jf_conv_bn(f'aspp.aspp{n}.atrous_conv', f'aspp.aspp{n}.bn', leaf)
+    return conv_bn_key(leaf[0], f'aspp.aspp{n}.atrous_conv', f'aspp.aspp{n}.bn')
   if head == 'decoder_reduce':
-    return _jf_conv_bn('decoder.conv1', 'decoder.bn1', rest)
+    return conv_bn_key(rest[0], 'decoder.conv1', 'decoder.bn1')
   if head.startswith('decoder_conv'):
     base = 4 * int(head[len('decoder_conv') :])  # Sequential(conv, bn, relu, dropout) x 2
     if rest[0] in _JF_SEP:
       return f'decoder.last_conv.{base}.{rest[0]}'
-    return _jf_conv_bn(f'decoder.last_conv.{base}', f'decoder.last_conv.{base + 1}', rest)
+    return sequential_key('decoder.last_conv', rest[0], base)
   if head == 'classifier':
     return 'decoder.last_conv.8'
   raise KeyError(path)

@@ -22,7 +22,7 @@
 
 from __future__ import annotations
 
-from jaxseg.weights.core import Layout, register_layout
+from jaxseg.weights.core import Layout, dotted_key_fn, register_layout, sequential_key
 from jaxseg.weights.layouts_vgg_fcn import _vgg_key_fn, linear_fc_to_conv
 
 for _name in ('vgg16_deeplab', 'vgg16_dilated'):
@@ -39,14 +39,10 @@ for _name in ('vgg16_deeplab', 'vgg16_dilated'):
   )
 
 
-def _flat_key_fn(path: tuple[str, ...]) -> str:
-  return '.'.join(p for p in path if p != 'backbone')
-
-
 register_layout(
   'deeplab_v1',
   Layout(
-    key_fn=_flat_key_fn,
+    key_fn=dotted_key_fn('backbone'),
     input_shape=(1, 32, 32, 3),
     num_classes_key='fc8.weight',
     description='DeepLab-LargeFOV Caffe layer names (conv1_1 ... conv5_3, fc6, fc7, fc8)',
@@ -57,7 +53,7 @@ register_layout(
 register_layout(
   'dilatednet',
   Layout(
-    key_fn=lambda path: '.'.join(p for p in path if p not in ('backbone', 'context')),
+    key_fn=dotted_key_fn('backbone', 'context'),
     input_shape=(1, 32, 32, 3),
     num_classes_key='final.weight',
     description='Yu & Koltun Caffe names (conv1_1 ... fc7, final, ctx_conv1_1 ... ctx_final)',
@@ -81,9 +77,9 @@ def _pspnet_key_fn(path: tuple[str, ...]) -> str:
     return resnet_key_fn(rest)
   if head in _SEMSEG_HEAD:
     return _SEMSEG_HEAD[head]
-  if head.startswith('ppm_'):  # ppm_{i}_conv / ppm_{i}_bn -> ppm.features.{i}.1 / .2
+  if head.startswith('ppm_'):  # ppm_{i}_conv / ppm_{i}_bn: Sequential(pool, conv, bn, relu)
     _, i, kind = head.split('_')
-    return f'ppm.features.{i}.{1 if kind == "conv" else 2}'
+    return sequential_key(f'ppm.features.{i}', kind, 1)
   raise KeyError(f'no semseg PSPNet key for Flax module path {path}')
 
 

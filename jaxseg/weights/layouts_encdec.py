@@ -1,8 +1,11 @@
 """PyTorch layouts of the encoder-decoder family: DeconvNet, SegNet, SegNet-Basic, U-Net, FC-DenseNet.
 
-* deconvnet / segnet / segnet_basic: the seed notes' CBR layout (Sequential of
-  conv, BatchNorm, ReLU: `conv1_1.0.weight`, `conv1_1.1.running_mean`,
-  `fc6_deconv.0.weight`, ...); the Flax encoder lives under `backbone`.
+* deconvnet / segnet / segnet_basic: the PyTorch reference layouts in
+  tests/torch_ref/segnet.py and tests/torch_ref/deconvnet.py, after the
+  CBR = Conv-BN-ReLU naming of common PyTorch SegNet reimplementations: every
+  layer is a Sequential(Conv2d, BatchNorm2d, ReLU) (`conv1_1.0.weight`,
+  `conv1_1.1.running_mean`; DeconvNet's `fc6_deconv.0.weight` is a
+  ConvTranspose2d), and the Flax encoder lives under `backbone`.
 * unet / unet_padded: milesial/Pytorch-UNet (`inc.double_conv.0.weight`,
   `down1.maxpool_conv.1.double_conv.3.weight`, `up1.up.weight`,
   `up1.conv.double_conv.0.weight`, `outc.conv.weight`).
@@ -14,16 +17,16 @@
 
 from __future__ import annotations
 
-from jaxseg.weights.core import Layout, register_layout
-
-# Sub-module of a CBR-style Flax block -> index in the PyTorch Sequential.
-_SEQ_INDEX = {'conv': '0', 'deconv': '0', 'bn': '1'}
+from jaxseg.weights.core import Layout, register_layout, sequential_key
 
 
 def cbr_key_fn(path: tuple[str, ...]) -> str:
   """('backbone', 'conv1_1', 'bn') -> 'conv1_1.1'; ('score_fr',) -> 'score_fr'."""
-  path = tuple(p for p in path if p != 'backbone')
-  return '.'.join(_SEQ_INDEX.get(p, p) if i > 0 else p for i, p in enumerate(path))
+  layer, *rest = (p for p in path if p != 'backbone')
+  if not rest:  # a plain convolution such as the classifier
+    return layer
+  (module,) = rest
+  return sequential_key(layer, module)
 
 
 def _unet_key_fn(padded: bool):
@@ -72,7 +75,7 @@ for _name, _shape, _key in (
       key_fn=cbr_key_fn,
       input_shape=_shape,
       num_classes_key=_key,
-      description="seed notes' CBR layout (Sequential(Conv2d, BatchNorm2d, ReLU) per layer)",
+      description='CBR layout: Sequential(Conv2d, BatchNorm2d, ReLU) per layer (tests/torch_ref)',
     ),
   )
 

@@ -6,9 +6,7 @@ prefix; DeepLabv3+ with a MobileNetV2 encoder reuses it under `backbone.`.
 
 from __future__ import annotations
 
-from jaxseg.weights.core import Layout, register_layout
-
-_CBR = {'conv': '0', 'bn': '1'}
+from jaxseg.weights.core import Layout, register_layout, sequential_key
 
 
 def mobilenet_v2_key_fn(path: tuple[str, ...]) -> str:
@@ -16,14 +14,14 @@ def mobilenet_v2_key_fn(path: tuple[str, ...]) -> str:
   block, *rest = path
   i = int(block[len('features_') :])
   if i in (0, 18):  # Conv2dNormActivation = Sequential(conv, bn, relu6)
-    return f'features.{i}.{_CBR[rest[0]]}'
+    return sequential_key(f'features.{i}', rest[0])
   # InvertedResidual.conv = [expand (t > 1)], depthwise, project conv, project BN; block 1 has t = 1.
   offset = 0 if i == 1 else 1
   part = rest[0]
   if part == 'expand':
-    return f'features.{i}.conv.0.{_CBR[rest[1]]}'
+    return sequential_key(f'features.{i}.conv.0', rest[1])
   if part == 'depthwise':
-    return f'features.{i}.conv.{offset}.{_CBR[rest[1]]}'
+    return sequential_key(f'features.{i}.conv.{offset}', rest[1])
   if part == 'project':
     return f'features.{i}.conv.{offset + 1}'
   if part == 'project_bn':

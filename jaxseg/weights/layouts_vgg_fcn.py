@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxseg.backbones.vgg import CONV_NAMES
-from jaxseg.weights.core import Layout, register_layout
+from jaxseg.weights.core import Layout, dotted_key_fn, register_layout, sequential_key
 
 
 def _torchvision_vgg_index(batch_norm: bool) -> dict[str, int]:
@@ -29,10 +29,9 @@ def _vgg_key_fn(batch_norm: bool):
       return 'classifier.0'
     if head == 'fc7':
       return 'classifier.3'
-    i = index[head]
-    if batch_norm:
-      return f'features.{i + (1 if path[1] == "bn" else 0)}'
-    return f'features.{i}'
+    if batch_norm:  # features.i = Conv2d, features.(i + 1) = BatchNorm2d
+      return sequential_key('features', path[1], index[head])
+    return f'features.{index[head]}'
 
   return key_fn
 
@@ -44,7 +43,11 @@ def linear_fc_to_conv(sd: dict, flat_target: dict) -> dict:
   fewer for the narrow variants), so a Linear of the wrong size is reported as a shape mismatch.
   """
   sd = dict(sd)
-  kernels = {path[-2]: v.shape for path, v in flat_target.items() if path[0] == 'params' and path[-1] == 'kernel'}
+  kernels = {
+    path[-2]: v.shape
+    for path, v in flat_target.items()
+    if path[0] == 'params' and path[-1] == 'kernel'
+  }
   for key, module in (('classifier.0.weight', 'fc6'), ('classifier.3.weight', 'fc7')):
     if key in sd and np.asarray(sd[key]).ndim == 2 and module in kernels:
       kh, kw, cin, _ = kernels[module]
@@ -79,15 +82,11 @@ for _bn in (False, True):
   )
 
 
-def _fcn_key_fn(path: tuple[str, ...]) -> str:
-  return '.'.join(p for p in path if p != 'backbone')
-
-
 for _name in ('fcn32s', 'fcn16s', 'fcn8s'):
   register_layout(
     _name,
     Layout(
-      key_fn=_fcn_key_fn,
+      key_fn=dotted_key_fn('backbone'),
       input_shape=(1, 32, 32, 3),
       num_classes_key='score_fr.weight',
       description='pytorch-fcn (torchfcn.models.FCN32s/FCN16s/FCN8s)',

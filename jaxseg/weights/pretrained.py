@@ -66,7 +66,7 @@ import numpy as np
 
 from jaxseg.weights.core import (
   _torch_shape,
-  convert,
+  convert_state_dict,
   flat_key_map,
   get_layout,
   load_state_dict,
@@ -163,7 +163,9 @@ def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, 
   name, kwargs = model.backbone_spec()
   layout = get_layout(name)
   if layout.kind != 'backbone':
-    raise ValueError(f'backbone_spec() names {name!r}, which is a model layout, not a backbone one.')
+    raise ValueError(
+      f'backbone_spec() names {name!r}, which is a model layout, not a backbone one.'
+    )
   variables = flax.core.unfreeze(variables)
   if 'backbone' not in variables.get('params', {}):
     raise ValueError(
@@ -175,11 +177,14 @@ def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, 
   if stats:
     target['batch_stats'] = stats
 
-  # The contract: backbone_spec() builds exactly the variables the model holds.
+  # jaxseg's models build their backbone from backbone_spec() (registry.build_backbone); a model
+  # that builds it otherwise must still match it variable for variable.
   from jaxseg.registry import create_backbone
 
   spec_shapes = target_shapes(create_backbone(name, **kwargs), layout.input_shape)
-  want = {p: tuple(v.shape) for p, v in _flat(spec_shapes).items() if p[0] in ('params', 'batch_stats')}
+  want = {
+    p: tuple(v.shape) for p, v in _flat(spec_shapes).items() if p[0] in ('params', 'batch_stats')
+  }
   have = {p: tuple(v.shape) for p, v in _flat(target).items()}
   if want != have:
     diff = sorted(set(want.items()) ^ set(have.items()))[:10]
@@ -189,7 +194,7 @@ def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, 
     )
 
   sd = load_state_dict(path_or_state_dict)
-  loaded = convert(sd, target, layout, f'backbone {name!r}')
+  loaded = convert_state_dict(sd, target, layout, f'backbone {name!r}')
   used, ignored = _used_and_ignored(sd, target, layout)
   flat_new = _flat(loaded)
   out = _flat(variables)
@@ -238,12 +243,20 @@ def load_pretrained(
   key = layout.num_classes_key
   if key is not None and key in sd and np.ndim(sd[key]) >= 1:
     ckpt_classes = int(np.shape(sd[key])[0])
-  mine = _flat(target_shapes(create_model(model_name, num_classes=num_classes, **model_kwargs), layout.input_shape))
+  mine = _flat(
+    target_shapes(
+      create_model(model_name, num_classes=num_classes, **model_kwargs), layout.input_shape
+    )
+  )
   variables = flax.core.unfreeze(variables)
   have = _flat(variables)
   if {p: tuple(v.shape) for p, v in mine.items()} != {p: tuple(v.shape) for p, v in have.items()}:
-    raise ValueError(f'variables do not belong to {model_name!r} with num_classes={num_classes} and {model_kwargs}.')
-  theirs_tree = target_shapes(create_model(model_name, num_classes=ckpt_classes, **model_kwargs), layout.input_shape)
+    raise ValueError(
+      f'variables do not belong to {model_name!r} with num_classes={num_classes} and {model_kwargs}.'
+    )
+  theirs_tree = target_shapes(
+    create_model(model_name, num_classes=ckpt_classes, **model_kwargs), layout.input_shape
+  )
   theirs = _flat(theirs_tree)
   if set(theirs) != set(mine):
     raise ValueError(
@@ -251,7 +264,9 @@ def load_pretrained(
       'a checkpoint for another class count cannot be adapted.'
     )
   # Strict check of the whole checkpoint against the model it was trained as.
-  loaded = _flat(convert(sd, theirs_tree, layout, f'{model_name} ({ckpt_classes} classes)'))
+  loaded = _flat(
+    convert_state_dict(sd, theirs_tree, layout, f'{model_name} ({ckpt_classes} classes)')
+  )
   keymap = flat_key_map(theirs_tree, layout.key_fn)
   reinit, out = [], {}
   for var, old in have.items():
@@ -285,7 +300,9 @@ def _jsonable(kwargs: Mapping) -> dict:
   try:
     json.dumps(dict(kwargs))
   except TypeError as e:
-    raise ValueError(f'model kwargs must be JSON-serialisable to be saved with a checkpoint: {e}') from e
+    raise ValueError(
+      f'model kwargs must be JSON-serialisable to be saved with a checkpoint: {e}'
+    ) from e
   return dict(kwargs)
 
 
