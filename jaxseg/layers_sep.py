@@ -36,7 +36,6 @@ class SeparableConv2d(nn.Module):
     depthwise_relu: ReLU after the depthwise BN.
     relu: ReLU after the pointwise BN.
     dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   features: int
@@ -46,15 +45,22 @@ class SeparableConv2d(nn.Module):
   depthwise_relu: bool = True
   relu: bool = True
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = functools.partial(layers.BatchNorm, axis_name=self.bn_axis_name, dtype=self.dtype)
+    bn = functools.partial(layers.BatchNorm, dtype=self.dtype)
     c, d = x.shape[-1], self.dilation
     pad = d * (self.kernel_size - 1) // 2
     x = layers.Conv2d(
-      c, self.kernel_size, self.strides, pad, d, groups=c, use_bias=False, dtype=self.dtype, name='depthwise'
+      c,
+      self.kernel_size,
+      self.strides,
+      pad,
+      d,
+      groups=c,
+      use_bias=False,
+      dtype=self.dtype,
+      name='depthwise',
     )(x)
     x = bn(name='depthwise_bn')(x, train=train)
     if self.depthwise_relu:

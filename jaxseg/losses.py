@@ -48,7 +48,9 @@ def cross_entropy_sum(
   if class_weights is not None:
     class_weights = jnp.asarray(class_weights, jnp.float32)
     if class_weights.shape != (num_classes,):
-      raise ValueError(f'class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}.')
+      raise ValueError(
+        f'class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}.'
+      )
     weight = weight * class_weights[safe]
   return jnp.sum(ce * weight), jnp.sum(weight)
 
@@ -72,7 +74,9 @@ def cross_entropy(
   Returns:
     Scalar float32 loss; 0 (not NaN) when every pixel is ignored.
   """
-  total, weight = cross_entropy_sum(logits, labels, ignore_index=ignore_index, class_weights=class_weights)
+  total, weight = cross_entropy_sum(
+    logits, labels, ignore_index=ignore_index, class_weights=class_weights
+  )
   return safe_divide(total, weight)
 
 
@@ -93,7 +97,9 @@ def median_frequency_weights(class_pixels, image_pixels) -> np.ndarray:
   class_pixels = np.asarray(class_pixels, np.float64)
   image_pixels = np.asarray(image_pixels, np.float64)
   if class_pixels.shape != image_pixels.shape or class_pixels.ndim != 1:
-    raise ValueError(f'class_pixels {class_pixels.shape} and image_pixels {image_pixels.shape} must be equal 1-D.')
+    raise ValueError(
+      f'class_pixels {class_pixels.shape} and image_pixels {image_pixels.shape} must be equal 1-D.'
+    )
   seen = (class_pixels > 0) & (image_pixels > 0)
   if not seen.any():
     raise ValueError('median_frequency_weights: no class has any pixel.')

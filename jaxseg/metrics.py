@@ -21,7 +21,9 @@ def _is_concrete(x) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def check_labels(labels, num_classes: int, ignore_index: int | None = 255, what: str = 'labels') -> None:
+def check_labels(
+  labels, num_classes: int, ignore_index: int | None = 255, what: str = 'labels'
+) -> None:
   """Raises if a concrete label array holds values outside [0, num_classes) other than ignore_index."""
   if not _is_concrete(labels):
     return
@@ -39,7 +41,9 @@ def check_labels(labels, num_classes: int, ignore_index: int | None = 255, what:
     )
 
 
-def confusion_matrix(labels: Array, preds: Array, num_classes: int, ignore_index: int | None = 255) -> Array:
+def confusion_matrix(
+  labels: Array, preds: Array, num_classes: int, ignore_index: int | None = 255
+) -> Array:
   """(num_classes, num_classes) int32 counts; pixels labelled `ignore_index` are skipped.
 
   Args:

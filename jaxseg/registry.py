@@ -2,7 +2,8 @@
 
 Each model family module registers its constructors with `@register_model`.
 Registering a name twice is an error: a silently overwritten entry is the kind
-of bug that only shows up as a wrong parameter count much later.
+of bug that only shows up as a wrong parameter count much later. Models build
+their backbone with `build_backbone(self.backbone_spec())`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,26 @@ def create_model(name: str, *, num_classes: int, **kwargs):
   return _lookup(MODELS, 'model', name)(num_classes=num_classes, **kwargs)
 
 
-def create_backbone(name: str, **kwargs):
-  """Builds the registered backbone `name`; its apply returns a dict of feature maps."""
+def create_backbone(name: str, /, **kwargs):
+  """Builds the registered backbone `name`; its apply returns a dict of feature maps.
+
+  `name` is positional-only, so `kwargs` may hold the Flax module's own `name=`.
+  """
   return _lookup(BACKBONES, 'backbone', name)(**kwargs)
+
+
+def build_backbone(spec: tuple[str, dict], *, name: str = 'backbone', **module_kwargs):
+  """Builds a model's backbone from its `backbone_spec()`, as the Flax submodule `name`.
+
+  Every model with an ImageNet backbone calls this with its own `backbone_spec()`
+  (`(registered_backbone_name, kwargs)`), which `jaxseg.weights.init_backbone`
+  also reads to load ImageNet weights into `params['backbone']`: the spec is the
+  one description of the backbone, so the loaded and the built module cannot
+  disagree. `module_kwargs` are what does not change the backbone's variables
+  (the computation `dtype`, DilatedNet's convolution padding).
+
+  Called inside a model's `@nn.compact` method, the backbone becomes that
+  model's submodule.
+  """
+  backbone_name, kwargs = spec
+  return create_backbone(backbone_name, name=name, **kwargs, **module_kwargs)

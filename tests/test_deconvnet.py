@@ -6,14 +6,16 @@ import numpy as np
 import pytest
 from conftest import (
   abstract_init,
-  assert_gradients_everywhere,
+  assert_torch_parity,
+  assert_train_gradients,
   n_params,
   randomize_torch,
   rel_err,
   to_nchw,
   to_nhwc,
-  train_grads,
+  torch_state_dict,
 )
+from test_segnet import apply_with_pool_indices
 
 import jaxseg
 
@@ -23,7 +25,8 @@ def test_param_count_and_shapes():
   variables, out = abstract_init(model, (1, 224, 224, 3))
   assert n_params(variables['params']) == 251_805_653
   assert out.shape == (1, 224, 224, 21) and out.dtype == jnp.float32
-  assert model.backbone_spec() == ('vgg16_bn', {'width': 1.0})
+  spec = ('vgg16_bn', {'width': 1.0, 'ceil_mode': True, 'return_indices': True})
+  assert model.backbone_spec() == spec
   # Fully convolutional use: any size >= 193, odd ones included, same count.
   model = jaxseg.create_model('deconvnet', num_classes=21, fully_convolutional=True)
   for size in ((193, 193), (225, 257)):
@@ -49,12 +52,8 @@ def test_parity_full_size(torch_module):
   variables = jaxseg.weights.from_torch('deconvnet', ref.state_dict())
   model = jaxseg.create_model('deconvnet', num_classes=21)
   x = np.random.default_rng(5).standard_normal((1, 224, 224, 3)).astype(np.float32)
-  got, state = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))(
-    variables, x
-  )
+  got, indices, _ = apply_with_pool_indices(model, variables, x, train=False)
   del variables
-  saved = state['intermediates']['backbone']
-  indices = [to_nchw(saved[f'pool{s}_indices'][0]) for s in range(1, 6)]
   expected, n_near_ties = forward_with_indices(ref, torch.from_numpy(to_nchw(x)), indices)
   assert n_near_ties < 100
   assert got.shape == (1, 224, 224, 21)
@@ -69,45 +68,23 @@ def tiny():
 
   ref = randomize_torch(TorchDeconvNet(num_classes=4, width=1 / 16), seed=6)
   kwargs = dict(width=1 / 16, fully_convolutional=True)
-  variables = jaxseg.weights.from_torch(
-    'deconvnet', {k: v.clone() for k, v in ref.state_dict().items()}, **kwargs
-  )
+  variables = jaxseg.weights.from_torch('deconvnet', torch_state_dict(ref), **kwargs)
   model = jaxseg.create_model('deconvnet', num_classes=4, **kwargs)
   return ref, model, variables
 
 
-def test_parity_train_mode_and_other_size(torch_module, tiny):
-  torch = torch_module
+def test_parity_train_mode_and_other_size(tiny):
   ref, model, variables = tiny
+  assert any(k.startswith('fc6_deconv') and 'running' in k for k in ref.state_dict())
   x = np.random.default_rng(6).standard_normal((2, 225, 203, 3)).astype(np.float32)
-  ref.eval()
-  with torch.no_grad():
-    expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-  assert (
-    rel_err(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x), expected) < 1e-4
-  )
-  ref.train()
-  with torch.no_grad():
-    expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
-    variables, x
-  )
+  got = assert_torch_parity('deconvnet', model, variables, ref, x, train=True)
   assert got.shape == (2, 225, 203, 4)
-  assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch('deconvnet', {'params': variables['params'], **updates})
-  stats = [k for k in ref.state_dict() if 'running' in k]
-  assert any(k.startswith('fc6_deconv') for k in stats)
-  for k in stats:
-    assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
 
 def test_gradients_reach_every_parameter(tiny):
   _, model, variables = tiny
   x = jax.random.normal(jax.random.key(0), (2, 224, 224, 3))
-
-  grads, out = train_grads(model, variables, x)
-  assert out.shape == (2, 224, 224, 4)
-  assert_gradients_everywhere(grads, out)
+  assert_train_gradients(model, x, (2, 224, 224, 4), variables)
 
 
 def test_bad_inputs():

@@ -4,30 +4,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  abstract_init,
+  assert_every_gradient_nonzero,
+  assert_torch_parity,
+  n_params,
+  numpy_init,
+  randomize_torch,
+)
 
 import jaxseg
-
-
-def numpy_init(model, x, seed=0):
-  """He-scaled random variables shaped by eval_shape (compiling flax's init costs seconds on CPU)."""
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  rng = np.random.default_rng(seed)
-
-  def draw(a):
-    fan_in = max(1, int(np.prod(a.shape[:-1])))
-    return jnp.asarray(rng.standard_normal(a.shape) * (2.0 / fan_in) ** 0.5, a.dtype)
-
-  return jax.tree_util.tree_map(draw, shapes)
 
 
 def test_param_count_and_shapes():
   model = jaxseg.create_model('deeplab_v1', num_classes=21)
   for size in ((65, 97), (321, 321), (8, 9)):
-    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables, out = abstract_init(model, (2, *size, 3))
     assert n_params(variables['params']) == 20_505_429
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 21) and out.dtype == jnp.float32
   # The backbone contract: backbone_spec rebuilds exactly variables['params']['backbone'].
   name, kwargs = model.backbone_spec()
@@ -51,18 +44,14 @@ def test_stride_8_score_map():
 
 
 def test_parity_with_pytorch_largefov(torch_module):
-  torch = torch_module
   from torch_ref.deeplab_v1 import DeepLabLargeFOV as TorchLargeFOV
 
   ref = randomize_torch(TorchLargeFOV(n_class=5), seed=1).eval()
   variables = jaxseg.weights.from_torch('deeplab_v1', ref.state_dict())  # num_classes from fc8
   model = jaxseg.create_model('deeplab_v1', num_classes=5)
   x = np.random.default_rng(0).standard_normal((2, 37, 45, 3)).astype(np.float32)
-  with torch.no_grad():
-    expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-  assert got.shape == expected.shape == (2, 37, 45, 5)
-  assert rel_err(got, expected) < 1e-4
+  got = assert_torch_parity('deeplab_v1', model, variables, ref, x)
+  assert got.shape == (2, 37, 45, 5)
   exported = jaxseg.weights.to_torch('deeplab_v1', variables)
   assert sorted(exported) == sorted(ref.state_dict())
   for k, v in ref.state_dict().items():
@@ -80,9 +69,7 @@ def test_tiny_forward_backward():
     y = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(3)})
     return jnp.mean(jax.nn.logsumexp(y, axis=-1) - y[..., 0])
 
-  grads = jax.jit(jax.grad(loss))(variables['params'])
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    assert bool(jnp.any(g != 0)), f'no gradient reaches {jax.tree_util.keystr(path)}'
+  assert_every_gradient_nonzero(jax.jit(jax.grad(loss))(variables['params']))
 
 
 def test_bad_inputs():

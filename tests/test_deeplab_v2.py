@@ -4,7 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  abstract_init,
+  assert_every_gradient_nonzero,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  torch_state_dict,
+)
 
 import jaxseg
 
@@ -12,13 +21,10 @@ import jaxseg
 def test_param_count_and_shapes():
   model = jaxseg.create_model('deeplab_v2', num_classes=21)
   for size in ((65, 97), (321, 321)):
-    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables, out = abstract_init(model, (2, *size, 3))
     assert n_params(variables['params']) == 44_048_532
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 21) and out.dtype == jnp.float32
-  name, kwargs = model.backbone_spec()
-  assert (name, kwargs['output_stride']) == ('resnet101', 8)
+  assert model.backbone_spec() == ('resnet101', {'output_stride': 8, 'base_width': 64})
 
 
 def torch_deeplab_v2(torch, classes, layers):
@@ -58,9 +64,7 @@ def torch_deeplab_v2(torch, classes, layers):
 def test_parity_eval_and_train_step(torch_module):
   torch = torch_module
   ref = randomize_torch(torch_deeplab_v2(torch, 4, (1, 1, 1, 1)), seed=5)
-  sd = {
-    k: v.clone() for k, v in ref.state_dict().items()
-  }  # converted arrays may alias torch memory
+  sd = torch_state_dict(ref)
   kwargs = dict(stage_sizes=(1, 1, 1, 1))
   variables = jaxseg.weights.from_torch('deeplab_v2', sd, **kwargs)  # num_classes from aspp.c0
   model = jaxseg.create_model('deeplab_v2', num_classes=4, **kwargs)
@@ -87,8 +91,7 @@ def test_parity_eval_and_train_step(torch_module):
   assert len(flat_new) == len(flat_ref)
   for path, a in flat_new:
     assert rel_err(a, flat_ref[path]) < 1e-4, jax.tree_util.keystr(path)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    assert bool(jnp.any(g != 0)), f'no gradient reaches {jax.tree_util.keystr(path)}'
+  assert_every_gradient_nonzero(grads)
   exported = jaxseg.weights.to_torch('deeplab_v2', variables)
   assert set(exported) == set(sd)
 

@@ -6,20 +6,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  assert_every_gradient_nonzero,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  torchvision_resnet_multigrid,
+)
 from test_xception import separable, xception65_count
 
 import jaxseg
 
 
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
-
-
 def count(name, **kwargs):
   model = jaxseg.create_model(name, **kwargs)
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return n_params(jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)['params'])
+  return n_params(
+    jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)['params']
+  )
 
 
 def test_param_counts(torch_module):
@@ -29,11 +35,18 @@ def test_param_counts(torch_module):
   assert count('deeplab_v3', num_classes=21) == 58_630_997 - (9 * 256 * 256 + 2 * 256)
   ref = TorchDeepLabV3Plus(21)
   jf = dict(backbone='resnet101', separable=False)
-  assert count('deeplab_v3plus', num_classes=21, **jf) == sum(p.numel() for p in ref.parameters()) == 59_344_309
+  assert (
+    count('deeplab_v3plus', num_classes=21, **jf)
+    == sum(p.numel() for p in ref.parameters())
+    == 59_344_309
+  )
   # Xception-65 + separable ASPP + 48-channel reduction + two separable 3x3 convs + classifier.
-  aspp = 2048 * 256 + 3 * separable(2048, 256) + 2048 * 256 + 1280 * 256 + 3 * 2 * 256  # 1x1, pool, project BNs
+  # 1x1, three separable, pool, project, and the BNs of 1x1, pool and project.
+  aspp = 2048 * 256 + 3 * separable(2048, 256) + 2048 * 256 + 1280 * 256 + 3 * 2 * 256
   decoder = 256 * 48 + 2 * 48 + separable(304, 256) + separable(256, 256) + 256 * 21 + 21
-  assert count('deeplab_v3plus', num_classes=21) == xception65_count() + aspp + decoder == 41_055_413
+  assert (
+    count('deeplab_v3plus', num_classes=21) == xception65_count() + aspp + decoder == 41_055_413
+  )
 
 
 @pytest.mark.parametrize(
@@ -49,20 +62,19 @@ def test_output_shapes(name, kwargs):
   model = jaxseg.create_model(name, num_classes=5, **kwargs)
   for size in ((65, 71), (97, 64)):
     x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    out, _ = jax.eval_shape(functools.partial(model.init_with_output, train=False), jax.random.key(0), x)
+    out, _ = jax.eval_shape(
+      functools.partial(model.init_with_output, train=False), jax.random.key(0), x
+    )
     assert out.shape == (2, *size, 5) and out.dtype == jnp.float32
 
 
 def test_parity_deeplab_v3_with_torchvision_parts(torch_module):
   """ResNet-50 at OS 16 with multi-grid (1, 2, 4) + torchvision's ASPP(6, 12, 18) + 1x1 classifier."""
   torch = torch_module
-  import torchvision
   from torchvision.models._utils import IntermediateLayerGetter
   from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 
-  resnet = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, True])
-  for blk, rate in zip(resnet.layer4, (2, 4, 8), strict=True):
-    blk.conv2.dilation, blk.conv2.padding = (rate, rate), (rate, rate)
+  resnet = torchvision_resnet_multigrid(50)
   head = torch.nn.Sequential(ASPP(2048, [6, 12, 18]), torch.nn.Conv2d(256, 5, 1))
   ref = DeepLabV3(IntermediateLayerGetter(resnet, {'layer4': 'out'}), head)
   ref = randomize_torch(ref, seed=7).eval()
@@ -118,19 +130,20 @@ def test_gradients_reach_every_parameter():
     return jnp.mean(jnp.tanh(out) ** 2)
 
   grads = jax.jit(jax.grad(loss))(variables['params'])
-  flat = jax.tree_util.tree_leaves_with_path(grads)
-  zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
-  assert not zero, zero
-  assert all(np.all(np.isfinite(g)) for _, g in flat)
+  assert_every_gradient_nonzero(grads)
 
 
 def test_backbone_spec_builds_the_embedded_backbone():
   model = jaxseg.create_model('deeplab_v3plus', num_classes=3, backbone='mobilenet_v2')
   x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)['params']
+  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)[
+    'params'
+  ]
   name, kwargs = model.backbone_spec()
   backbone = jaxseg.create_backbone(name, **kwargs)
-  bparams = jax.eval_shape(functools.partial(backbone.init, train=False), jax.random.key(0), x)['params']
+  bparams = jax.eval_shape(functools.partial(backbone.init, train=False), jax.random.key(0), x)[
+    'params'
+  ]
   assert jax.tree_util.tree_structure(bparams) == jax.tree_util.tree_structure(params['backbone'])
   assert kwargs == {'output_stride': 16, 'last_conv': False}
   assert jaxseg.create_model('deeplab_v3', num_classes=3).backbone_spec() == (
@@ -141,7 +154,9 @@ def test_backbone_spec_builds_the_embedded_backbone():
 
 def test_bad_inputs():
   def init(model, shape=(1, 64, 64, 3)):
-    return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros(shape))
+    return jax.eval_shape(
+      functools.partial(model.init, train=False), jax.random.key(0), jnp.zeros(shape)
+    )
 
   with pytest.raises(ValueError, match='output_stride must be 16 or 8'):
     init(jaxseg.create_model('deeplab_v3', num_classes=2, output_stride=32))

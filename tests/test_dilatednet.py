@@ -8,7 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  assert_every_gradient_nonzero,
+  assert_torch_parity,
+  n_params,
+  numpy_init,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+)
 
 import jaxseg
 from jaxseg.models.dilatednet import ContextModule, identity_init, reflect_pad, zoom_bilinear
@@ -27,10 +36,6 @@ COUNTS = {
   ),
 }
 TINY = 1 / 16  # VGG channels 4, 8, 16, 32, 32 and fc6/fc7 256: the parity tests run in seconds
-
-
-def n_params(tree) -> int:
-  return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(tree)))
 
 
 def init_shapes(model, x):
@@ -158,24 +163,19 @@ def predict_py_frontend(ref, x, extra=24):
   ],
 )
 def test_parity_with_pytorch(torch_module, padding, context):
-  torch = torch_module
   from torch_ref.dilatednet import DilatedNet as TorchDilatedNet
 
   kwargs = {'context': context, 'padding': padding, 'width': TINY}
   ref = randomize_torch(TorchDilatedNet(n_class=3, **kwargs), seed=1).eval()
   variables = jaxseg.weights.from_torch('dilatednet', ref.state_dict(), **kwargs)
   model = jaxseg.create_model('dilatednet', num_classes=3, **kwargs)
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   rng = np.random.default_rng(0)
   # Odd sizes, not multiples of 8; 190 > 186 is one plain reflection, 45, 70 and 9 reflect again.
   sizes = [(45, 70)] + ([(190, 9)] if context is None else [])
   for size in sizes:
     x = rng.standard_normal((2, *size, 3)).astype(np.float32)
-    with torch.no_grad():
-      expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-    got = np.asarray(apply(variables, x))
-    assert got.shape == expected.shape == (2, *size, 3)
-    assert rel_err(got, expected) < 1e-4, size
+    got = np.asarray(assert_torch_parity('dilatednet', model, variables, ref, x))
+    assert got.shape == (2, *size, 3)
     if padding == 'reflect_valid' and context is None and min(size) > 15:
       # The reference's own tiled pipeline agrees away from the last 15 rows and columns, where
       # its larger tile continues the reflection (see jaxseg.models.dilatednet).
@@ -198,18 +198,6 @@ def test_layout_uses_the_caffe_names():
   want |= {'fc6', 'fc7', 'final', 'ctx_conv1_1', 'ctx_conv1_2', 'ctx_conv2_1', 'ctx_conv3_1'}
   want |= {'ctx_conv4_1', 'ctx_conv5_1', 'ctx_fc1', 'ctx_final'}
   assert keys == {f'{m}.{leaf}' for m in want for leaf in ('weight', 'bias')}
-
-
-def numpy_init(model, x, seed=0):
-  """He-scaled random variables shaped by eval_shape (compiling flax's init costs seconds on CPU)."""
-  shapes = init_shapes(model, x)
-  rng = np.random.default_rng(seed)
-
-  def draw(a):
-    fan_in = max(1, int(np.prod(a.shape[:-1])))
-    return jnp.asarray(rng.standard_normal(a.shape) * (2.0 / fan_in) ** 0.5, a.dtype)
-
-  return jax.tree_util.tree_map(draw, shapes)
 
 
 def test_context_module_starts_as_identity():
@@ -242,8 +230,7 @@ def test_tiny_forward_backward():
 
   grads, y = jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
   assert y.shape == (2, 21, 26, 3) and bool(jnp.all(jnp.isfinite(y)))
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    assert bool(jnp.any(g != 0)), f'no gradient reaches {jax.tree_util.keystr(path)}'
+  assert_every_gradient_nonzero(grads)
 
 
 def test_bad_inputs():

@@ -2,21 +2,23 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
-  assert_gradients_everywhere,
+  abstract_init,
+  assert_torch_parity,
+  assert_train_gradients,
   n_params,
   randomize_torch,
   rel_err,
-  to_nchw,
-  to_nhwc,
-  train_grads,
+  torch_state_dict,
 )
 
 import jaxseg
+from jaxseg.models.fc_densenet import DenseBlock, DenseLayer, TransitionDown
 
 # name: (trainable, + BN running statistics = the paper's 1.5M / 3.5M / 9.4M)
 COUNTS = {
@@ -30,53 +32,31 @@ COUNTS = {
 def test_param_counts_and_shapes(name):
   model = jaxseg.create_model(name, num_classes=11)
   for size in ((32, 32), (37, 45)):
-    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables, out = abstract_init(model, (2, *size, 3))
     assert n_params(variables['params']) == COUNTS[name][0]
     assert n_params(variables) == COUNTS[name][1]
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 11) and out.dtype == jnp.float32
 
 
-def _parity(torch, depth, x, seed, train):
+def _parity(depth, x, seed, train):
   from torch_ref.fc_densenet import fc_densenet
 
   name = f'fc_densenet{depth}'
   ref = randomize_torch(fc_densenet(depth, num_classes=5, drop=0.0), seed=seed)
-  sd = {
-    k: v.clone() for k, v in ref.state_dict().items()
-  }  # train mode updates ref's stats in place
-  variables = jaxseg.weights.from_torch(name, sd, dropout=0.0)
+  variables = jaxseg.weights.from_torch(name, torch_state_dict(ref), dropout=0.0)
   model = jaxseg.create_model(name, num_classes=5, dropout=0.0)
-  xt = torch.from_numpy(to_nchw(x))
-  with torch.no_grad():
-    expected = to_nhwc(ref.eval()(xt).numpy())
-  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-  assert got.shape == expected.shape == (*x.shape[:3], 5)
-  assert rel_err(got, expected) < 1e-4
-  if not train:
-    return
-  with torch.no_grad():
-    expected = to_nhwc(ref.train()(xt).numpy())
-  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
-    variables, x
-  )
-  assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch(name, {'params': variables['params'], **updates})
-  stats = [k for k in ref.state_dict() if 'running' in k]
-  assert stats
-  for k in stats:
-    assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
+  got = assert_torch_parity(name, model, variables, ref, x, train=train)
+  assert got.shape == (*x.shape[:3], 5)
 
 
 def test_parity_fc_densenet103(torch_module):
   x = np.random.default_rng(9).standard_normal((1, 37, 45, 3)).astype(np.float32)
-  _parity(torch_module, 103, x, seed=9, train=False)
+  _parity(103, x, seed=9, train=False)
 
 
 def test_parity_fc_densenet56_eval_and_train(torch_module):
   x = np.random.default_rng(10).standard_normal((2, 67, 35, 3)).astype(np.float32)
-  _parity(torch_module, 56, x, seed=10, train=True)
+  _parity(56, x, seed=10, train=True)
 
 
 def test_gradients_reach_every_parameter():
@@ -93,47 +73,44 @@ def test_gradients_reach_every_parameter():
     first_features=4,
   )
   x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3))
-  variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
-
-  grads, out = train_grads(model, variables, x)
-  assert out.shape == (2, 9, 11, 3)
-  assert_gradients_everywhere(grads, out)
+  assert_train_gradients(model, x, (2, 9, 11, 3))
 
 
-def test_deep_fc_densenet_compile_options_keep_results():
-  """Deep FC-DenseNets (FC-DenseNet103) are compiled without XLA:CPU's fusion emitters
-  (`FCDenseNet.xla_cpu_compiler_options`): faster compiles, the same numbers. Checked on
-  a dense block's train-mode output and gradients, compiled with and without them."""
-  from jaxseg.models.fc_densenet import DenseBlock
+class ConcatDenseBlock(nn.Module):
+  """The dense block as the paper writes it: each layer's output concatenated to its input.
 
-  model = jaxseg.create_model('fc_densenet56', num_classes=3)
-  assert jaxseg.layers.cpu_compiler_options(model) is None  # shallow: XLA's defaults
-  options = jaxseg.layers.cpu_compiler_options(model.clone(bottleneck_layers=64))
-  assert options == {'xla_cpu_use_fusion_emitters': False}
-  block = DenseBlock(num_layers=3, growth_rate=3, dropout=0.2)
-  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
-  variables = jax.jit(lambda x: block.init(jax.random.key(1), x, train=False))(x)
-  grads, out = train_grads(block, variables, x)
-  grads_opt, out_opt = train_grads(block, variables, x, compiler_options=options)
-  assert rel_err(out_opt, out) < 1e-5
-  # Per leaf against the largest gradient: a conv bias that the next BatchNorm cancels has a
-  # gradient of rounding noise around zero.
-  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
-  leaves = zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(grads_opt), strict=True)
-  for (path, g), g_opt in leaves:
-    assert float(jnp.max(jnp.abs(g_opt - g))) < 1e-5 * scale, path
+  Same submodule names as `DenseBlock` and the same one keep-mask draw, so on the same
+  variables and dropout key it computes what `DenseBlock` should.
+  """
+
+  num_layers: int
+  growth_rate: int
+  dropout: float
+  new_only: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    k = self.growth_rate
+    shape = x.shape[:3] + (self.num_layers * k,)
+    keep = (
+      jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout, shape) if train else None
+    )
+    new = []
+    for j in range(self.num_layers):
+      layer_keep = None if keep is None else keep[..., j * k : (j + 1) * k]
+      y = DenseLayer(k, self.dropout, name=f'layers_{j}')(x, train=train, keep=layer_keep)
+      x = jnp.concatenate([x, y], axis=-1)
+      new.append(y)
+    return jnp.concatenate(new, axis=-1) if self.new_only else x
 
 
 @pytest.mark.parametrize('new_only', [False, True])
-def test_buffer_dense_block_equals_concatenation(new_only):
-  # The preallocated-buffer dense block (the default) against the plain
-  # concatenation one on the same variables and dropout masks (same module
-  # names, so the same random keys): train-mode outputs, batch statistics,
-  # and the gradients of the input and of every parameter.
-  from jaxseg.models.fc_densenet import DenseBlock
-
+def test_dense_block_equals_concatenation(new_only):
+  # DenseBlock (one preallocated channel buffer) against the concatenating
+  # reference block on the same variables and dropout masks: train-mode outputs,
+  # batch statistics, and the gradients of the input and of every parameter.
   kw = dict(num_layers=3, growth_rate=3, dropout=0.2, new_only=new_only)
-  buf, cat = DenseBlock(**kw), DenseBlock(**kw, buffer=False)
+  buf, cat = DenseBlock(**kw), ConcatDenseBlock(**kw)
   x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
   variables = buf.init(jax.random.key(1), x, train=False)
   assert jax.tree.structure(variables) == jax.tree.structure(
@@ -174,7 +151,6 @@ def test_block_dropout_mask():
   # a deeper block gets its own slice (different patterns); rate 1 zeroes
   # everything; a mask of the wrong shape is refused.
   from jaxseg import layers
-  from jaxseg.models.fc_densenet import DenseBlock, TransitionDown
 
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 4))
 

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import abstract_init, assert_torch_parity, n_params, randomize_torch
 
 import jaxseg
+from jaxseg.models.fcn import FCN
 
 COUNTS = {'fcn32s': 136_152_917, 'fcn16s': 134_815_994, 'fcn8s': 134_489_759}
 
@@ -15,16 +16,15 @@ COUNTS = {'fcn32s': 136_152_917, 'fcn16s': 134_815_994, 'fcn8s': 134_489_759}
 def test_param_count_and_shapes(name):
   model = jaxseg.create_model(name, num_classes=21)
   for size in ((1, 1), (37, 45), (224, 224)):
-    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables, out = abstract_init(model, (2, *size, 3))
     assert n_params(variables['params']) == COUNTS[name]
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 21) and out.dtype == jnp.float32
 
 
 def test_init_follows_reference():
   """score layers start at zero, upsampling deconvs at the bilinear filter, no bias."""
-  model = jaxseg.create_model('fcn8s', num_classes=3, width=0.125)  # the head does not depend on the width
+  # The head does not depend on the width.
+  model = jaxseg.create_model('fcn8s', num_classes=3, width=0.125)
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)['params']
   for name in ('score_fr', 'score_pool4', 'score_pool3'):
     assert not np.any(params[name]['kernel']) and not np.any(params[name]['bias'])
@@ -39,19 +39,14 @@ def test_init_follows_reference():
 
 @pytest.mark.parametrize('name,stride', [('fcn32s', 32), ('fcn16s', 16), ('fcn8s', 8)])
 def test_parity_with_pytorch_fcn(torch_module, name, stride):
-  torch = torch_module
   from torch_ref.fcn import FCN as TorchFCN
 
-  torch.manual_seed(0)
+  torch_module.manual_seed(0)
   ref = randomize_torch(TorchFCN(n_class=5, stride=stride), seed=stride).eval()
   variables = jaxseg.weights.from_torch(name, ref.state_dict())  # num_classes read from score_fr
   model = jaxseg.create_model(name, num_classes=5)
   x = np.random.default_rng(0).standard_normal((2, 35, 29, 3)).astype(np.float32)
-  with torch.no_grad():
-    expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-  assert got.shape == expected.shape == (2, 35, 29, 5)
-  assert rel_err(got, expected) < 1e-4
+  assert assert_torch_parity(name, model, variables, ref, x).shape == (2, 35, 29, 5)
   # and back: export gives the same state dict
   exported = jaxseg.weights.to_torch(name, variables)
   for k, v in ref.state_dict().items():
@@ -59,17 +54,11 @@ def test_parity_with_pytorch_fcn(torch_module, name, stride):
 
 
 def test_bad_inputs():
-  model = jaxseg.create_model('fcn8s', num_classes=2)
-  with pytest.raises(ValueError, match='rank 4'):
-    model.init(jax.random.key(0), jnp.zeros((8, 8, 3)), train=False)
-  with pytest.raises(ValueError, match='3 input channels'):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
-  with pytest.raises(TypeError, match='floating-point'):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.uint8), train=False)
-  with pytest.raises(ValueError, match='num_classes'):
-    jaxseg.create_model('fcn8s', num_classes=0)
+  # Bad images and class counts are checked for every FCN in test_validation.
   with pytest.raises(ValueError, match='Known models: .*fcn8s'):
     jaxseg.create_model('fcn9s', num_classes=2)
+  with pytest.raises(ValueError, match='FCN stride must be 8, 16 or 32, got 4'):
+    FCN(num_classes=2, stride=4).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
 
 
 def test_from_torch_reports_every_problem(torch_module):
@@ -81,4 +70,10 @@ def test_from_torch_reports_every_problem(torch_module):
   with pytest.raises(jaxseg.weights.WeightsError) as e:
     jaxseg.weights.from_torch('fcn32s', sd)
   msg = str(e.value)
-  assert 'fc7.weight' in msg and 'extra.weight' in msg and 'fc6.bias' in msg and '(10,)' in msg and '(4096,)' in msg
+  assert (
+    'fc7.weight' in msg
+    and 'extra.weight' in msg
+    and 'fc6.bias' in msg
+    and '(10,)' in msg
+    and '(4096,)' in msg
+  )

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_gradients_everywhere, n_params, train_grads
+from conftest import abstract_init, assert_train_gradients, n_params
 
 import jaxseg
 from jaxseg.backbones.vgg import VGG16
@@ -22,10 +22,8 @@ COUNT_21 = 14_714_688 + 102_764_544 + 16_781_312 + (128 + 512 + 4096) * 21 + 3 *
 def test_param_count_and_shapes():
   model = jaxseg.create_model('hypercolumn', num_classes=21)
   for size in ((224, 224), (225, 201), (193, 193)):
-    x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables, out = abstract_init(model, (2, *size, 3))
     assert n_params(variables['params']) == COUNT_21 == 134_360_063
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 21) and out.dtype == jnp.float32
   name, kwargs = model.backbone_spec()
   backbone = jaxseg.create_backbone(name, **kwargs)
@@ -60,11 +58,7 @@ def test_features_come_from_the_named_layers():
 def test_gradients_reach_every_parameter():
   model = jaxseg.create_model('hypercolumn', num_classes=3, width=1 / 16)  # pool2, conv4_3, fc7
   x = jax.random.normal(jax.random.key(0), (2, 193, 195, 3))
-  variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
-
-  grads, out = train_grads(model, variables, x)
-  assert out.shape == (2, 193, 195, 3)
-  assert_gradients_everywhere(grads, out)
+  assert_train_gradients(model, x, (2, 193, 195, 3))
 
 
 def test_bad_inputs():

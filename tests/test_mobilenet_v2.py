@@ -6,7 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  assert_every_gradient_nonzero,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  torch_state_dict,
+)
 from test_torchvision_seg import assert_running_stats_close
 
 import jaxseg
@@ -31,7 +39,9 @@ def test_param_count():
   model = jaxseg.create_backbone('mobilenet_v2')
   variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
   assert n_params(variables['params']) == COUNT
-  no_last = jax.eval_shape(functools.partial(MobileNetV2(last_conv=False).init, train=False), jax.random.key(0), x)
+  no_last = jax.eval_shape(
+    functools.partial(MobileNetV2(last_conv=False).init, train=False), jax.random.key(0), x
+  )
   assert n_params(no_last['params']) == COUNT - (320 * 1280 + 2 * 1280)
 
 
@@ -42,10 +52,17 @@ def test_param_count():
 def test_output_strides(output_stride, size, expected):
   model = jaxseg.create_backbone('mobilenet_v2', output_stride=output_stride)
   x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-  feats, _ = jax.eval_shape(functools.partial(model.init_with_output, train=False), jax.random.key(0), x)
-  for k, h, c in zip(('features3', 'features6', 'features13', 'features17'), expected, (24, 32, 96, 320), strict=True):
+  feats, _ = jax.eval_shape(
+    functools.partial(model.init_with_output, train=False), jax.random.key(0), x
+  )
+  for k, h, c in zip(
+    ('features3', 'features6', 'features13', 'features17'), expected, (24, 32, 96, 320), strict=True
+  ):
     assert feats[k].shape[0] == 2 and feats[k].shape[1] == h and feats[k].shape[3] == c
-  assert feats['low_level'].shape == feats['features3'].shape and feats['out'].shape == feats['features17'].shape
+  assert (
+    feats['low_level'].shape == feats['features3'].shape
+    and feats['out'].shape == feats['features17'].shape
+  )
   assert feats['features18'].shape == feats['features17'].shape[:3] + (1280,)
 
 
@@ -55,13 +72,14 @@ def test_parity_with_torchvision(torch_module, output_stride):
   import torchvision
 
   ref = torchvision.models.mobilenet_v2(weights=None)
-  if output_stride == 16:  # dilate torchvision's last stage by hand: features.14 unstrided, 15-17 at rate 2
+  # Dilate torchvision's last stage by hand: features.14 unstrided, 15-17 at rate 2.
+  if output_stride == 16:
     ref.features[14].conv[1][0].stride = (1, 1)
     for i in (15, 16, 17):
       dw = ref.features[i].conv[1][0]
       dw.dilation, dw.padding = (2, 2), (2, 2)
   ref = randomize_torch(ref, seed=output_stride)
-  sd = {k: v.clone() for k, v in ref.state_dict().items()}
+  sd = torch_state_dict(ref)
   variables = jaxseg.weights.from_torch('mobilenet_v2', sd, output_stride=output_stride)
   model = jaxseg.create_backbone('mobilenet_v2', output_stride=output_stride)
   x = np.random.default_rng(0).standard_normal((2, 65, 71, 3)).astype(np.float32)
@@ -79,7 +97,9 @@ def test_parity_with_torchvision(torch_module, output_stride):
   ref.train()
   with torch.no_grad():
     expected = torch_features(ref, xt)
-  got, updated = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(variables, x)
+  got, updated = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
+    variables, x
+  )
   for k, v in expected.items():
     assert rel_err(got[k], v) < 1e-4, k
   new_sd = jaxseg.weights.to_torch('mobilenet_v2', {'params': variables['params'], **updated})
@@ -95,12 +115,13 @@ def test_gradients_reach_every_parameter():
   def loss(params):
     # Eval-mode BN keeps the traced graph small (fast compile); gradients still reach scale and bias.
     feats = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=False)
-    return sum(jnp.mean(jnp.tanh(feats[k]) ** 2) for k in ('features3', 'features6', 'features13', 'features18'))
+    return sum(
+      jnp.mean(jnp.tanh(feats[k]) ** 2)
+      for k in ('features3', 'features6', 'features13', 'features18')
+    )
 
   grads = jax.jit(jax.grad(loss))(variables['params'])
-  flat = jax.tree_util.tree_leaves_with_path(grads)
-  zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
-  assert not zero, zero
+  assert_every_gradient_nonzero(grads)
 
 
 def test_bad_inputs():

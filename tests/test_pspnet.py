@@ -4,7 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  abstract_init,
+  assert_torch_parity,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  torch_state_dict,
+)
 
 import jaxseg
 from jaxseg.ops.adaptive_pool import adaptive_avg_pool
@@ -20,9 +29,8 @@ def test_param_count_and_shapes(backbone, aux):
   sizes = ((65, 97), (473, 473)) if (backbone, aux) == ('resnet50', True) else ((41, 41),)
   for size in sizes:
     x = jax.ShapeDtypeStruct((2, *size, 3), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    variables, out = abstract_init(model, x.shape)
     assert n_params(variables['params']) == COUNTS[(backbone, aux)]
-    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
     assert out.shape == (2, *size, 21) and out.dtype == jnp.float32
     train_out, _ = jax.eval_shape(
       lambda v, x: model.apply(
@@ -68,22 +76,14 @@ def parity_pair(torch_module):
     TorchPSPNet(classes=5, layers=(1, 1, 1, 1), deep_base=True, dropout=0.0), seed=3
   )
   kwargs = dict(num_classes=5, deep_stem=True, stage_sizes=(1, 1, 1, 1), dropout=0.0)
-  # Copies: on CPU the converted arrays may alias the torch tensors, which a train-mode
-  # forward updates in place.
-  sd = {k: v.clone() for k, v in ref.state_dict().items()}
-  variables = jaxseg.weights.from_torch('pspnet', sd, **kwargs)
+  variables = jaxseg.weights.from_torch('pspnet', torch_state_dict(ref), **kwargs)
   return ref, jaxseg.create_model('pspnet', **kwargs), variables
 
 
-def test_parity_eval(torch_module, parity_pair):
-  torch = torch_module
+def test_parity_eval(parity_pair):
   ref, model, variables = parity_pair
   x = np.random.default_rng(0).standard_normal((2, 41, 53, 3)).astype(np.float32)
-  with torch.no_grad():
-    expected = to_nhwc(ref.eval()(torch.from_numpy(to_nchw(x))).numpy())
-  got = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-  assert got.shape == expected.shape == (2, 41, 53, 5)
-  assert rel_err(got, expected) < 1e-4
+  assert assert_torch_parity('pspnet', model, variables, ref, x).shape == (2, 41, 53, 5)
   exported = jaxseg.weights.to_torch('pspnet', variables)
   for k, v in ref.state_dict().items():
     np.testing.assert_array_equal(exported[k], v.numpy())

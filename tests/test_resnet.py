@@ -6,7 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import n_params, randomize_torch, rel_err, to_nchw, to_nhwc
+from conftest import (
+  assert_every_gradient_nonzero,
+  n_params,
+  randomize_torch,
+  rel_err,
+  to_nchw,
+  to_nhwc,
+  torch_state_dict,
+  torchvision_resnet_multigrid,
+)
 
 import jaxseg
 from jaxseg.backbones.resnet import ResNet
@@ -16,7 +25,9 @@ FC = 2048 * 1000 + 1000  # torchvision's ImageNet classifier, not part of the ba
 COUNTS = {'resnet50': 25_557_032 - FC, 'resnet101': 44_549_160 - FC}
 # PSPNet's deep stem: 3x3 convs 3->64 (s2), 64->64, 64->128 with BN instead of the 7x7 3->64 conv + BN,
 # and layer1.0's conv1 and downsample now read 128 instead of 64 channels.
-DEEP_STEM_DELTA = (27 * 64 + 128 + 576 * 64 + 128 + 576 * 128 + 256) - (147 * 64 + 128) + 64 * 64 + 64 * 256
+DEEP_STEM_DELTA = (
+  (27 * 64 + 128 + 576 * 64 + 128 + 576 * 128 + 256) - (147 * 64 + 128) + 64 * 64 + 64 * 256
+)
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4')
 
 
@@ -70,7 +81,12 @@ def test_dilation_schedule_matches_torchvision(torch_module):
   assert grid[3] == [2, 4, 8]
   assert ResNet(output_stride=8, multi_grid=(1, 2, 1))._dilations()[3] == [4, 8, 4]
   # PSPNet / jfzhang95 rule: the first block of a dilated stage is dilated too.
-  assert ResNet(output_stride=8, dilate_first_block=True)._dilations() == [[1] * 3, [1] * 4, [2] * 6, [4] * 3]
+  assert ResNet(output_stride=8, dilate_first_block=True)._dilations() == [
+    [1] * 3,
+    [1] * 4,
+    [2] * 6,
+    [4] * 3,
+  ]
   assert ResNet(output_stride=16, dilate_first_block=True)._dilations()[2:] == [[1] * 6, [2] * 3]
   assert ResNet(output_stride=32, dilate_first_block=True)._dilations() == ResNet()._dilations()
 
@@ -86,7 +102,7 @@ def torch_resnet50_os8(torch_module):
 def test_parity_resnet50_os8_eval_and_train(torch_module, torch_resnet50_os8):
   torch = torch_module
   ref = torch_resnet50_os8
-  sd = {k: v.clone() for k, v in ref.state_dict().items()}
+  sd = torch_state_dict(ref)
   variables = jaxseg.weights.from_torch('resnet50', sd, output_stride=8)
   model = jaxseg.create_backbone('resnet50', output_stride=8)
   x = np.random.default_rng(0).standard_normal((2, 65, 71, 3)).astype(np.float32)
@@ -120,13 +136,10 @@ def test_parity_resnet50_os8_eval_and_train(torch_module, torch_resnet50_os8):
 def test_parity_resnet101_os16_multigrid(torch_module):
   """ResNet-101 at output stride 16 with multi-grid (1, 2, 4), against torchvision with layer4 re-dilated."""
   torch = torch_module
-  import torchvision
-
-  ref = torchvision.models.resnet101(weights=None, replace_stride_with_dilation=[False, False, True])
-  for blk, rate in zip(ref.layer4, (2, 4, 8), strict=True):
-    blk.conv2.dilation, blk.conv2.padding = (rate, rate), (rate, rate)
-  ref = randomize_torch(ref, seed=2).eval()
-  variables = jaxseg.weights.from_torch('resnet101', ref.state_dict(), output_stride=16, multi_grid=(1, 2, 4))
+  ref = randomize_torch(torchvision_resnet_multigrid(101), seed=2).eval()
+  variables = jaxseg.weights.from_torch(
+    'resnet101', ref.state_dict(), output_stride=16, multi_grid=(1, 2, 4)
+  )
   model = jaxseg.create_backbone('resnet101', output_stride=16, multi_grid=(1, 2, 4))
   x = np.random.default_rng(1).standard_normal((1, 49, 39, 3)).astype(np.float32)
   with torch.no_grad():
@@ -137,7 +150,9 @@ def test_parity_resnet101_os16_multigrid(torch_module):
 
 
 def test_gradients_reach_every_parameter():
-  model = ResNet(stage_sizes=(1, 1, 2, 2), base_width=4, output_stride=8, deep_stem=True, multi_grid=(1, 2))
+  model = ResNet(
+    stage_sizes=(1, 1, 2, 2), base_width=4, output_stride=8, deep_stem=True, multi_grid=(1, 2)
+  )
   x = jax.random.normal(jax.random.key(0), (2, 24, 20, 3))
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(1), x)
 
@@ -151,11 +166,7 @@ def test_gradients_reach_every_parameter():
     return sum(jnp.mean(jnp.tanh(f) ** 2) for f in feats.values())
 
   grads = jax.jit(jax.grad(loss))(variables['params'])
-  flat = jax.tree_util.tree_leaves_with_path(grads)
-  assert len(flat) == len(jax.tree_util.tree_leaves(variables['params']))
-  zero = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
-  assert not zero, zero
-  assert all(np.all(np.isfinite(g)) for _, g in flat)
+  assert_every_gradient_nonzero(grads)
 
 
 def test_bad_inputs():
@@ -163,7 +174,9 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match='output_stride must be 32, 16 or 8, got 4'):
     jaxseg.create_backbone('resnet50', output_stride=4).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match=r'needs H and W >= 16, got \(64, 12\)'):
-    jaxseg.create_backbone('resnet50', output_stride=16).init(jax.random.key(0), jnp.zeros((1, 64, 12, 3)))
+    jaxseg.create_backbone('resnet50', output_stride=16).init(
+      jax.random.key(0), jnp.zeros((1, 64, 12, 3))
+    )
   with pytest.raises(ValueError, match='multi_grid needs 3 positive unit rates'):
     jaxseg.create_backbone('resnet50', multi_grid=(1, 2)).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='3 input channels'):
@@ -171,7 +184,11 @@ def test_bad_inputs():
 
 
 def test_bfloat16_features():
-  model = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), base_width=4)(dtype=jnp.bfloat16, output_stride=16)
+  model = functools.partial(ResNet, stage_sizes=(1, 1, 1, 1), base_width=4)(
+    dtype=jnp.bfloat16, output_stride=16
+  )
   x = jnp.ones((1, 33, 33, 3))
-  feats, _ = jax.eval_shape(functools.partial(model.init_with_output, train=False), jax.random.key(0), x)
+  feats, _ = jax.eval_shape(
+    functools.partial(model.init_with_output, train=False), jax.random.key(0), x
+  )
   assert feats['layer4'].dtype == jnp.bfloat16 and feats['layer4'].shape == (1, 3, 3, 128)

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from conftest import (
   abstract_init,
-  assert_gradients_everywhere,
+  assert_torch_parity,
+  assert_train_gradients,
   n_params,
   randomize_torch,
   rel_err,
   to_nchw,
   to_nhwc,
-  train_grads,
+  torch_state_dict,
 )
 
 import jaxseg
@@ -34,6 +35,7 @@ def test_backbone_matches_vgg16_bn():
   """The encoder's variables are exactly those of the registered vgg16_bn backbone."""
   model = jaxseg.create_model('segnet', num_classes=3, width=0.25)
   name, kwargs = model.backbone_spec()
+  assert (name, kwargs) == ('vgg16_bn', {'width': 0.25, 'ceil_mode': True, 'return_indices': True})
   backbone = jaxseg.create_backbone(name, **kwargs)
   shapes = lambda m: jax.eval_shape(
     lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -45,76 +47,60 @@ def test_backbone_matches_vgg16_bn():
     ) == jax.tree_util.tree_map(lambda a: a.shape, theirs[col])
 
 
-def _apply_fns(model):
-  eval_fn = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=['intermediates']))
-  train_fn = jax.jit(
-    lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats', 'intermediates'])
+def apply_with_pool_indices(model, variables, x, *, train):
+  """(output, [NCHW pooling indices of stages 1-5], updated batch_stats or None) of one forward.
+
+  The indices are the encoder's returned features, read with flax's capture_intermediates.
+  """
+  is_backbone = lambda module, method: module.name == 'backbone' and method == '__call__'
+  mutable = ['intermediates', 'batch_stats'] if train else ['intermediates']
+  apply = lambda v, x: model.apply(
+    v, x, train=train, mutable=mutable, capture_intermediates=is_backbone
   )
-  return eval_fn, train_fn
-
-
-def _expected(torch, ref, x, state, name):
-  """The reference's output; for SegNet it replays our pooling decisions where
-  two window values are closer than float32 rounding (near ties, about one in
-  50k random windows; `forward_with_indices` checks that only those differ)."""
-  from torch_ref.segnet import forward_with_indices
-
-  xt = torch.from_numpy(to_nchw(x))
-  if name == 'segnet_basic':
-    with torch.no_grad():
-      return to_nhwc(ref(xt).numpy())
-  saved = state['intermediates']['backbone']
-  indices = [to_nchw(np.asarray(saved[f'pool{s}_indices'][0])) for s in range(1, 6)]
-  out, _ = forward_with_indices(ref, xt, indices)
-  return to_nhwc(out.numpy())
-
-
-def _parity(torch, ref, name, x, **model_kwargs):
-  """eval-mode forward, then one train-mode forward: outputs and updated BN statistics."""
-  # Copies: the train-mode forward below updates the reference's BN statistics in place.
-  sd = {k: v.clone() for k, v in ref.state_dict().items()}
-  variables = jaxseg.weights.from_torch(name, sd, **model_kwargs)
-  classes = variables['params'][_score_name(name)]['bias'].shape[0]
-  model = jaxseg.create_model(name, num_classes=classes, **model_kwargs)
-  eval_fn, train_fn = _apply_fns(model)
-  ref.eval()
-  got, state = eval_fn(variables, x)
-  assert got.shape == (*x.shape[:3], classes)
-  assert rel_err(got, _expected(torch, ref, x, state, name)) < 1e-4
-
-  ref.train()
-  got, state = train_fn(variables, x)
-  assert rel_err(got, _expected(torch, ref, x, state, name)) < 1e-4
-  exported = jaxseg.weights.to_torch(
-    name, {'params': variables['params'], 'batch_stats': state['batch_stats']}
-  )
-  stats = [k for k in ref.state_dict() if 'running' in k]
-  assert stats
-  for k in stats:
-    assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
-
-
-def _score_name(name):
-  return 'conv_classifier' if name == 'segnet_basic' else 'score_fr'
+  out, state = jax.jit(apply)(variables, x)
+  (feats,) = state['intermediates']['backbone']['__call__']
+  indices = [to_nchw(np.asarray(feats[f'pool{s}_indices'])) for s in range(1, 6)]
+  return out, indices, state.get('batch_stats')
 
 
 def test_segnet_parity(torch_module):
-  """The paper's network (full width), eval mode and one train-mode forward."""
+  """The paper's network (full width), eval mode and one train-mode forward: outputs and updated
+  BN statistics. The reference replays our pooling decisions where two window values are closer
+  than float32 rounding (near ties, about one in 50k random windows; `forward_with_indices`
+  checks that only those differ)."""
   from torch_ref.segnet import SegNet as TorchSegNet
+  from torch_ref.segnet import forward_with_indices
 
   ref = randomize_torch(TorchSegNet(num_classes=5), seed=1)
+  sd = torch_state_dict(ref)
+  variables = jaxseg.weights.from_torch('segnet', sd)
+  model = jaxseg.create_model('segnet', num_classes=5)
   # Big enough that train-mode BatchNorm of the deepest layers (3x2 maps) is
   # well conditioned; smaller maps amplify float32 rounding beyond 1e-4.
   x = np.random.default_rng(0).standard_normal((2, 33, 31, 3)).astype(np.float32)
-  _parity(torch_module, ref, 'segnet', x)
+  xt = torch_module.from_numpy(to_nchw(x))
+  for train in (False, True):
+    got, indices, batch_stats = apply_with_pool_indices(model, variables, x, train=train)
+    assert got.shape == (2, 33, 31, 5)
+    expected, _ = forward_with_indices(ref.train(train), xt, indices)
+    assert rel_err(got, to_nhwc(expected.numpy())) < 1e-4
+  exported = jaxseg.weights.to_torch(
+    'segnet', {'params': variables['params'], 'batch_stats': batch_stats}
+  )
+  stats = [k for k in sd if 'running' in k]
+  assert stats
+  for k in stats:
+    assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
 
 def test_segnet_basic_parity(torch_module):
   from torch_ref.segnet import SegNetBasic
 
   ref = randomize_torch(SegNetBasic(num_classes=4), seed=2)
+  variables = jaxseg.weights.from_torch('segnet_basic', torch_state_dict(ref))
+  model = jaxseg.create_model('segnet_basic', num_classes=4)
   x = np.random.default_rng(1).standard_normal((2, 19, 21, 3)).astype(np.float32)
-  _parity(torch_module, ref, 'segnet_basic', x)
+  assert_torch_parity('segnet_basic', model, variables, ref, x, train=True)
 
 
 @pytest.fixture(scope='module')
@@ -151,25 +137,10 @@ def test_pooling_ties_match_torch(torch_module, tiny):
 
 @pytest.mark.parametrize('name', ['segnet', 'segnet_basic'])
 def test_gradients_reach_every_parameter(name, tiny):
+  x = jax.random.normal(jax.random.key(0), (2, 19, 22, 3))
   if name == 'segnet':
     _, model, variables = tiny
+    assert_train_gradients(model, x, (2, 19, 22, 3), variables)
   else:
     model = jaxseg.create_model(name, num_classes=3, features=4, kernel_size=3)
-    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(
-      jnp.zeros((1, 8, 8, 3))
-    )
-  x = jax.random.normal(jax.random.key(0), (2, 19, 22, 3))
-
-  grads, out = train_grads(model, variables, x)
-  assert out.shape == (2, 19, 22, 3)
-  assert_gradients_everywhere(grads, out)
-
-
-def test_bad_inputs():
-  model = jaxseg.create_model('segnet', num_classes=2, width=1 / 16)
-  with pytest.raises(ValueError, match='rank 4'):
-    model.init(jax.random.key(0), jnp.zeros((8, 8, 3)), train=False)
-  with pytest.raises(ValueError, match='expects 3 input channels'):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
-  with pytest.raises(TypeError, match='floating-point'):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.int32), train=False)
+    assert_train_gradients(model, x, (2, 19, 22, 3))

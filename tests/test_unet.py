@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 from conftest import (
   abstract_init,
-  assert_gradients_everywhere,
+  assert_torch_parity,
+  assert_train_gradients,
   n_params,
   randomize_torch,
-  rel_err,
-  to_nchw,
-  to_nhwc,
-  train_grads,
+  torch_state_dict,
 )
 
 import jaxseg
@@ -43,51 +41,29 @@ def test_padded_unet_count_and_any_size(in_channels, count):
 
 
 def test_valid_parity_full_width(torch_module):
-  torch = torch_module
   from torch_ref.unet import UNet as TorchUNet
 
   ref = randomize_torch(TorchUNet(1, 2, valid=True), seed=7).eval()
   variables = jaxseg.weights.from_torch('unet', ref.state_dict())
   model = jaxseg.create_model('unet', num_classes=2)
   x = np.random.default_rng(7).standard_normal((1, 188, 204, 1)).astype(np.float32)
-  with torch.no_grad():
-    expected = to_nhwc(ref(torch.from_numpy(to_nchw(x))).numpy())
-  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
-  assert got.shape == expected.shape == (1, 4, 20, 2)
-  assert rel_err(got, expected) < 1e-4
+  got = assert_torch_parity('unet', model, variables, ref, x)
+  assert got.shape == (1, 4, 20, 2)
   exported = jaxseg.weights.to_torch('unet', variables)
   for k, v in ref.state_dict().items():
     np.testing.assert_array_equal(exported[k], v.numpy())
 
 
 def test_padded_parity_eval_and_train(torch_module):
-  torch = torch_module
   from torch_ref.unet import UNet as TorchUNet
 
   ref = randomize_torch(TorchUNet(3, 4, valid=False, base=8), seed=8)
-  sd = {
-    k: v.clone() for k, v in ref.state_dict().items()
-  }  # train mode updates ref's stats in place
-  variables = jaxseg.weights.from_torch('unet_padded', sd, features=8)
+  assert len([k for k in ref.state_dict() if 'running' in k]) == 2 * 18
+  variables = jaxseg.weights.from_torch('unet_padded', torch_state_dict(ref), features=8)
   model = jaxseg.create_model('unet_padded', num_classes=4, features=8)
   x = np.random.default_rng(8).standard_normal((2, 37, 29, 3)).astype(np.float32)
-  xt = torch.from_numpy(to_nchw(x))
-  with torch.no_grad():
-    expected = to_nhwc(ref.eval()(xt).numpy())
-  got = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  got = assert_torch_parity('unet_padded', model, variables, ref, x, train=True)
   assert got.shape == (2, 37, 29, 4)
-  assert rel_err(got, expected) < 1e-4
-  with torch.no_grad():
-    expected = to_nhwc(ref.train()(xt).numpy())
-  got, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
-    variables, x
-  )
-  assert rel_err(got, expected) < 1e-4
-  exported = jaxseg.weights.to_torch('unet_padded', {'params': variables['params'], **updates})
-  stats = [k for k in ref.state_dict() if 'running' in k]
-  assert len(stats) == 2 * 18
-  for k in stats:
-    assert rel_err(exported[k], ref.state_dict()[k].numpy()) < 1e-4, k
 
 
 # Depth 2 keeps the backward compile short; every kind of layer is still there.
@@ -95,11 +71,7 @@ def test_padded_parity_eval_and_train(torch_module):
 def test_gradients_reach_every_parameter(name, size):
   model = jaxseg.create_model(name, num_classes=3, in_channels=1, features=4, depth=2)
   x = jax.random.normal(jax.random.key(0), (2, *size, 1))
-  variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
-
-  grads, out = train_grads(model, variables, x)
-  assert out.shape == (2, *model.output_size(size), 3)
-  assert_gradients_everywhere(grads, out)
+  assert_train_gradients(model, x, (2, *model.output_size(size), 3))
 
 
 def test_bad_inputs():

@@ -233,9 +233,7 @@ def test_prediction_inputs_skip_non_images_and_name_unreadable_files(tmp_path):
 
 
 def test_convert_cli_rejects_bad_arguments(tmp_path):
-  convert = importlib.import_module(
-    'jaxseg.weights.convert'
-  )  # the package re-exports a function named convert
+  convert = importlib.import_module('jaxseg.weights.convert')
 
   with pytest.raises(SystemExit, match='--model_kwargs is not valid JSON'):
     convert.main(

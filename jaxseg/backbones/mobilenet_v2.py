@@ -19,7 +19,6 @@ DeepLab uses) and, with `last_conv=True`, 'features18' (1280 ch).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -31,7 +30,15 @@ from jaxseg.registry import register_backbone
 Array = jax.Array
 
 # (expand ratio t, channels c, repeats n, stride s) as in the paper's Table 2 and torchvision.
-SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+SETTINGS = (
+  (1, 16, 1, 1),
+  (6, 24, 2, 2),
+  (6, 32, 3, 2),
+  (6, 64, 4, 2),
+  (6, 96, 3, 1),
+  (6, 160, 3, 2),
+  (6, 320, 1, 1),
+)
 _RETURNED = (3, 6, 13, 17)
 
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -51,7 +58,6 @@ class ConvBNReLU6(nn.Module):
   Attributes:
     features, kernel_size, strides, dilation, groups: of the convolution (padding keeps the size).
     dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   features: int
@@ -60,7 +66,6 @@ class ConvBNReLU6(nn.Module):
   dilation: int = 1
   groups: int = 1
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -77,7 +82,7 @@ class ConvBNReLU6(nn.Module):
       kernel_init=kaiming_fan_out,
       name='conv',
     )(x)
-    x = layers.BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='bn')(x, train=train)
+    x = layers.BatchNorm(dtype=self.dtype, name='bn')(x, train=train)
     return nn.relu6(x)
 
 
@@ -89,7 +94,7 @@ class InvertedResidual(nn.Module):
     expand_ratio: hidden width factor t.
     strides: depthwise stride.
     dilation: depthwise dilation.
-    dtype, bn_axis_name: as in `ConvBNReLU6`.
+    dtype: computation dtype.
   """
 
   features: int
@@ -97,21 +102,23 @@ class InvertedResidual(nn.Module):
   strides: int = 1
   dilation: int = 1
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     in_ch = x.shape[-1]
     hidden = int(round(in_ch * self.expand_ratio))
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    dt = self.dtype
     y = x
     if self.expand_ratio != 1:
-      y = ConvBNReLU6(hidden, 1, name='expand', **sync)(y, train=train)
-    y = ConvBNReLU6(hidden, 3, self.strides, self.dilation, groups=hidden, name='depthwise', **sync)(y, train=train)
-    y = layers.Conv2d(self.features, 1, use_bias=False, dtype=self.dtype, kernel_init=kaiming_fan_out, name='project')(
-      y
+      y = ConvBNReLU6(hidden, 1, dtype=dt, name='expand')(y, train=train)
+    depthwise = ConvBNReLU6(
+      hidden, 3, self.strides, self.dilation, groups=hidden, dtype=dt, name='depthwise'
     )
-    y = layers.BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='project_bn')(y, train=train)
+    y = depthwise(y, train=train)
+    project = layers.Conv2d(
+      self.features, 1, use_bias=False, dtype=dt, kernel_init=kaiming_fan_out, name='project'
+    )
+    y = layers.BatchNorm(dtype=dt, name='project_bn')(project(y), train=train)
     return x + y if self.strides == 1 and in_ch == self.features else y
 
 
@@ -123,22 +130,24 @@ class MobileNetV2(nn.Module):
     width_mult: channel multiplier (1.0; torchvision's rounding to multiples of 8).
     last_conv: include features.18 (1x1 conv 1280, + BN + ReLU6).
     dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   output_stride: int = 32
   width_mult: float = 1.0
   last_conv: bool = True
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
     if self.output_stride not in (8, 16, 32):
-      raise ValueError(f'MobileNetV2 output_stride must be 32, 16 or 8, got {self.output_stride!r}.')
+      raise ValueError(
+        f'MobileNetV2 output_stride must be 32, 16 or 8, got {self.output_stride!r}.'
+      )
     layers.check_image_batch(x, 'MobileNetV2', channels=3, min_size=self.output_stride)
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    x = ConvBNReLU6(make_divisible(32 * self.width_mult), 3, 2, name='features_0', **sync)(x, train=train)
+    dt = self.dtype
+    x = ConvBNReLU6(make_divisible(32 * self.width_mult), 3, 2, dtype=dt, name='features_0')(
+      x, train=train
+    )
     current_stride, rate, index, feats = 2, 1, 1, {}
     for t, c, n, s in SETTINGS:
       for i in range(n):
@@ -150,7 +159,7 @@ class MobileNetV2(nn.Module):
         else:
           current_stride *= stride
         x = InvertedResidual(
-          make_divisible(c * self.width_mult), t, stride, dilation, name=f'features_{index}', **sync
+          make_divisible(c * self.width_mult), t, stride, dilation, dt, name=f'features_{index}'
         )(x, train=train)
         if index in _RETURNED:
           feats[f'features{index}'] = x
@@ -158,13 +167,10 @@ class MobileNetV2(nn.Module):
     feats['low_level'], feats['out'] = feats['features3'], feats['features17']
     if self.last_conv:
       last = make_divisible(1280 * max(1.0, self.width_mult))
-      feats['features18'] = ConvBNReLU6(last, 1, name='features_18', **sync)(x, train=train)
+      feats['features18'] = ConvBNReLU6(last, 1, dtype=dt, name='features_18')(x, train=train)
     return feats
 
 
 @register_backbone('mobilenet_v2')
 def mobilenet_v2(**kwargs) -> MobileNetV2:
   return MobileNetV2(**kwargs)
-
-
-MobileNetV2Encoder = functools.partial(MobileNetV2, last_conv=False)

@@ -77,7 +77,6 @@ class Bottleneck(nn.Module):
     dilation: dilation (and padding) of the 3x3 conv.
     downsample: whether the shortcut is a 1x1 conv + BN projection.
     dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   planes: int
@@ -85,11 +84,10 @@ class Bottleneck(nn.Module):
   dilation: int = 1
   downsample: bool = False
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    bn = functools.partial(layers.BatchNorm, axis_name=self.bn_axis_name, dtype=self.dtype)
+    bn = functools.partial(layers.BatchNorm, dtype=self.dtype)
     d, dt = self.dilation, self.dtype
     y = nn.relu(bn(name='bn1')(_conv(self.planes, 1, dtype=dt, name='conv1')(x), train=train))
     y = _conv(self.planes, 3, self.strides, padding=d, dilation=d, dtype=dt, name='conv2')(y)
@@ -110,7 +108,7 @@ class ResLayer(nn.Module):
     strides: stride of the first block.
     dilations: 3x3 dilation of each block.
     in_features: input channels (decides whether block 0 needs a projection).
-    dtype, bn_axis_name: as in `Bottleneck`.
+    dtype: computation dtype.
   """
 
   planes: int
@@ -118,7 +116,6 @@ class ResLayer(nn.Module):
   dilations: Sequence[int]
   in_features: int
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -130,7 +127,6 @@ class ResLayer(nn.Module):
         dilation=d,
         downsample=first and (self.strides != 1 or self.in_features != 4 * self.planes),
         dtype=self.dtype,
-        bn_axis_name=self.bn_axis_name,
         name=str(i),
       )(x, train=train)
     return x
@@ -146,9 +142,8 @@ class ResNet(nn.Module):
     multi_grid: layer4 unit rates (one per layer4 block), e.g. (1, 2, 4); None = torchvision's rule.
     dilate_first_block: the first block of a dilated stage uses the stage's dilation too
       (PSPNet / jfzhang95 rule) instead of the previous one (torchvision's rule).
-    base_width: channels of the stem and of layer1's inner width (64; smaller only for tests).
+    base_width: channels of the stem and of layer1's inner width (64; smaller gives tiny variants).
     dtype: computation dtype (e.g. jnp.bfloat16).
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -158,7 +153,6 @@ class ResNet(nn.Module):
   dilate_first_block: bool = False
   base_width: int = 64
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   def _dilations(self) -> list[list[int]]:
     """3x3 dilation of every block of layer1..layer4 (torchvision's _make_layer bookkeeping)."""
@@ -187,7 +181,7 @@ class ResNet(nn.Module):
   def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
     layers.check_image_batch(x, 'ResNet', channels=3, min_size=self.output_stride)
     dilations = self._dilations()
-    bn = functools.partial(layers.BatchNorm, axis_name=self.bn_axis_name, dtype=self.dtype)
+    bn = functools.partial(layers.BatchNorm, dtype=self.dtype)
     w, dt = self.base_width, self.dtype
     if self.deep_stem:
       x = nn.relu(bn(name='bn1')(_conv(w, 3, 2, 1, dtype=dt, name='conv1')(x), train=train))
@@ -203,7 +197,7 @@ class ResNet(nn.Module):
       planes = w * 2**i
       # A dilated stage keeps stride 1 (torchvision: `if dilate: stride = 1`).
       strides = 1 if i == 0 or _DILATE[self.output_stride][i - 1] else 2
-      x = ResLayer(planes, strides, dil, in_features, dt, self.bn_axis_name, name=f'layer{i + 1}')(x, train=train)
+      x = ResLayer(planes, strides, dil, in_features, dt, name=f'layer{i + 1}')(x, train=train)
       in_features = 4 * planes
       feats[f'layer{i + 1}'] = x
     return feats

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax
 
 from jaxseg import layers
-from jaxseg.backbones.vgg import VGG16_STAGES, max_pool
+from jaxseg.backbones.vgg import VGG16_STAGES, max_pool, scaled_channels
 from jaxseg.registry import register_backbone
 
 Array = jax.Array
@@ -67,7 +67,7 @@ class VGG16Dense(nn.Module):
   Attributes:
     style: 'deeplab' (3x3 pools with padding, pool4/pool5 stride 1, pool5a) or
       'dilated' (Yu & Koltun front-end: 2x2 pools 1-3, no pool4/pool5).
-    width: channel multiplier (1.0 = VGG-16; smaller values only for fast tests).
+    width: channel multiplier (1.0 = VGG-16; smaller values give tiny variants).
     padding: 'same' (zero-padded convolutions) or 'valid' (unpadded; 'dilated' style only).
     dtype: computation dtype.
   """
@@ -93,7 +93,7 @@ class VGG16Dense(nn.Module):
     layers.check_image_batch(x, f'VGG16 ({self.style})', channels=3, min_size=min_size)
     feats = {}
     for stage, n_convs, ch in VGG16_STAGES:
-      ch = max(1, int(round(ch * self.width)))
+      ch = scaled_channels(ch, self.width)
       dilation = 2 if stage == 5 else 1
       pad = 0 if valid else dilation
       for i in range(1, n_convs + 1):
@@ -114,15 +114,15 @@ class VGG16Dense(nn.Module):
     return feats
 
 
+VGG16DeepLab = functools.partial(VGG16Dense, style='deeplab')
+VGG16Dilated = functools.partial(VGG16Dense, style='dilated')
+
+
 @register_backbone('vgg16_deeplab')
 def vgg16_deeplab(**kwargs) -> VGG16Dense:
-  return VGG16Dense(style='deeplab', **kwargs)
+  return VGG16DeepLab(**kwargs)
 
 
 @register_backbone('vgg16_dilated')
 def vgg16_dilated(**kwargs) -> VGG16Dense:
-  return VGG16Dense(style='dilated', **kwargs)
-
-
-VGG16DeepLab = functools.partial(VGG16Dense, style='deeplab')
-VGG16Dilated = functools.partial(VGG16Dense, style='dilated')
+  return VGG16Dilated(**kwargs)

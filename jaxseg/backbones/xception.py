@@ -86,7 +86,6 @@ class XceptionBlock(nn.Module):
     activation_in_separable: ReLU inside the separable convs instead of before them.
     shortcut_from_relu: the shortcut reads relu(input) (jfzhang95 variant's in-place ReLU).
     dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   depths: Sequence[int]
@@ -97,12 +96,10 @@ class XceptionBlock(nn.Module):
   activation_in_separable: bool = False
   shortcut_from_relu: bool = False
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, Array]:
     """Returns (output, output of the second separable conv)."""
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
     act = self.activation_in_separable
     y, second = x, None
     for i, depth in enumerate(self.depths):
@@ -116,8 +113,8 @@ class XceptionBlock(nn.Module):
         self.last_dilation if last and self.last_dilation is not None else self.dilation,
         depthwise_relu=act,
         relu=act,
+        dtype=self.dtype,
         name=f'sepconv{i + 1}',
-        **sync,
       )(y, train=train)
       if i == 1:
         second = y
@@ -126,9 +123,7 @@ class XceptionBlock(nn.Module):
       shortcut = layers.Conv2d(
         self.depths[-1], 1, self.strides, use_bias=False, dtype=self.dtype, name='shortcut'
       )(shortcut)
-      y = y + layers.BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='shortcut_bn')(
-        shortcut, train=train
-      )
+      y = y + layers.BatchNorm(dtype=self.dtype, name='shortcut_bn')(shortcut, train=train)
     elif self.skip == 'sum':
       y = y + shortcut
     elif self.skip != 'none':
@@ -142,18 +137,17 @@ class _Flow(nn.Module):
   blocks: Sequence[tuple[str, dict]]
   stem: bool = False
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> tuple[Array, dict[str, tuple[Array, Array]]]:
     """Returns (output, {block name: (block output, its second separable conv's output)})."""
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    dt = self.dtype
     if self.stem:
-      x = layers.ConvBNReLU(32, 3, 2, 1, use_bias=False, name='conv1', **sync)(x, train=train)
-      x = layers.ConvBNReLU(64, 3, 1, 1, use_bias=False, name='conv2', **sync)(x, train=train)
+      x = layers.ConvBNReLU(32, 3, 2, 1, use_bias=False, dtype=dt, name='conv1')(x, train=train)
+      x = layers.ConvBNReLU(64, 3, 1, 1, use_bias=False, dtype=dt, name='conv2')(x, train=train)
     outs = {}
     for name, kwargs in self.blocks:
-      x, second = XceptionBlock(name=name, **kwargs, **sync)(x, train=train)
+      x, second = XceptionBlock(name=name, **kwargs, dtype=dt)(x, train=train)
       outs[name] = (x, second)
     return x, outs
 
@@ -163,18 +157,16 @@ class Xception(nn.Module):
 
   Attributes:
     output_stride: 32, 16 or 8 (16 or 8 for the jfzhang95 variant).
-    middle_repeats: middle-flow blocks (16 for Xception-65; fewer only for fast tests).
+    middle_repeats: middle-flow blocks (16 for Xception-65; fewer give tiny variants).
     variant: 'paper' (the paper's TensorFlow reference) or 'jfzhang95' (that PyTorch
       implementation's computation; see the module docstring).
     dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   output_stride: int = 16
   middle_repeats: int = 16
   variant: str = 'paper'
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   def block_specs(self) -> dict[str, list[tuple[str, dict]]]:
     """Per flow: (block name, XceptionBlock kwargs) with strides/rates set for `output_stride`."""
@@ -222,16 +214,16 @@ class Xception(nn.Module):
     specs = self.block_specs()
     layers.check_image_batch(x, 'Xception', channels=3, min_size=self.output_stride)
     jf = self.variant == 'jfzhang95'
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
+    dt = self.dtype
     feats = {}
-    x, entry = _Flow(tuple(specs['entry_flow']), stem=True, name='entry_flow', **sync)(
+    x, entry = _Flow(tuple(specs['entry_flow']), stem=True, dtype=dt, name='entry_flow')(
       x, train=train
     )
     feats['low_level'] = nn.relu(entry['block1'][0]) if jf else entry['block2'][1]
     feats['entry_flow'] = x
-    x, _ = _Flow(tuple(specs['middle_flow']), name='middle_flow', **sync)(x, train=train)
+    x, _ = _Flow(tuple(specs['middle_flow']), dtype=dt, name='middle_flow')(x, train=train)
     feats['middle_flow'] = x
-    x, _ = _Flow(tuple(specs['exit_flow']), name='exit_flow', **sync)(x, train=train)
+    x, _ = _Flow(tuple(specs['exit_flow']), dtype=dt, name='exit_flow')(x, train=train)
     feats['out'] = nn.relu(x) if jf else x
     return feats
 

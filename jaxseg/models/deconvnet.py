@@ -1,23 +1,24 @@
 """DeconvNet (Noh, Hong & Han, "Learning Deconvolution Network for Semantic Segmentation", ICCV 2015).
 
 Convolution network: the 13 convolutional layers of VGG16 with BatchNorm and
-2x2 max pooling that keeps its argmax (SegNet's encoder, Flax submodule
-`backbone` with the variables of the registered `vgg16_bn` backbone), then
+2x2 max pooling that keeps its argmax (SegNet's encoder: the registered
+`vgg16_bn` backbone with `return_indices=True`, Flax submodule `backbone`), then
 fc6 as a 7x7 VALID convolution (4096) and fc7 as 1x1 (4096), each with BN and
 ReLU. Deconvolution network, the mirror image: `fc6_deconv`, a 7x7 transposed
 convolution back to 512 channels (BN, ReLU), then per stage unpooling with the
 indices of the matching encoder stage followed by 3x3 deconvolution-BN-ReLU
 layers, and a 1x1 score layer.
 
-Layout (seed notes' CBR/DCB naming; PyTorch keys `conv1_1.0.weight`,
-`fc6.1.running_var`, `fc6_deconv.0.weight`, ...): encoder `conv1_1 ... conv5_3`;
+Layout: the PyTorch reference layout in tests/torch_ref/deconvnet.py (CBR/DCB
+blocks; keys `conv1_1.0.weight`, `fc6.1.running_var`, `fc6_deconv.0.weight`,
+...): encoder `conv1_1 ... conv5_3`;
 `fc6` = CBR(512, 4096, 7, padding 0), `fc7` = CBR(4096, 4096, 1),
 `fc6_deconv` = Sequential(ConvTranspose2d(4096, 512, 7), BatchNorm2d, ReLU);
 decoder `deconv5_1..5_3` (512), `deconv4_1, deconv4_2` (512), `deconv4_3`
 (512->256), `deconv3_1, deconv3_2`, `deconv3_3` (256->128), `deconv2_1`,
 `deconv2_2` (128->64), `deconv1_1, deconv1_2` (64); `score_fr` Conv2d(64, C, 1).
 A 3x3 stride-1 deconvolution is a convolution with a flipped kernel, so the
-3x3 decoder layers are convolutions (as in the seed notes). 251,805,653
+3x3 decoder layers are convolutions (`jaxseg.heads.unpool_decoder`). 251,805,653
 parameters with 21 classes (BN scale/bias counted, running statistics not).
 
 Input size: the reference network works on 224x224 inputs, where pool5 is 7x7
@@ -42,11 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import layers
-from jaxseg.models.segnet import VGG16ArgmaxEncoder, decode, scaled
-from jaxseg.registry import register_model
+from jaxseg.backbones.vgg import scaled_channels
+from jaxseg.heads import unpool_decoder
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
 
+# (stage, ((name, in, out), ...)) of the deconvolution network in forward order.
 DECONV_DECODER = (
   (5, (('deconv5_1', 512, 512), ('deconv5_2', 512, 512), ('deconv5_3', 512, 512))),
   (4, (('deconv4_1', 512, 512), ('deconv4_2', 512, 512), ('deconv4_3', 512, 256))),
@@ -74,10 +77,10 @@ class DeconvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = layers.ConvTranspose2d(self.features, self.kernel_size, 1, dtype=self.dtype, name='deconv')(
-      x
+    deconv = layers.ConvTranspose2d(
+      self.features, self.kernel_size, 1, dtype=self.dtype, name='deconv'
     )
-    x = layers.BatchNorm(dtype=self.dtype, name='bn')(x, train=train)
+    x = layers.BatchNorm(dtype=self.dtype, name='bn')(deconv(x), train=train)
     return nn.relu(x)
 
 
@@ -87,7 +90,7 @@ class DeconvNet(nn.Module):
   Attributes:
     num_classes: output channels.
     fully_convolutional: accept any H, W >= 193 (fc6 slides over pool5) instead of only 224x224.
-    width: channel multiplier (1.0 is the paper's network; tests use tiny variants).
+    width: channel multiplier (1.0 is the paper's network; smaller gives tiny variants).
     dtype: computation dtype (e.g. jnp.bfloat16); logits are returned in float32.
   """
 
@@ -102,7 +105,7 @@ class DeconvNet(nn.Module):
     fc6/fc7 carry BatchNorm here, unlike VGG16's classifier, so only the
     convolutional layers are initialised from ImageNet.
     """
-    return 'vgg16_bn', dict(width=self.width)
+    return 'vgg16_bn', dict(width=self.width, ceil_mode=True, return_indices=True)
 
   def _check_size(self, x: Array, train: bool) -> None:
     size = tuple(x.shape[1:3])
@@ -132,12 +135,12 @@ class DeconvNet(nn.Module):
   def __call__(self, x: Array, *, train: bool) -> Array:
     self._check_size(x, train)
     w, dt = self.width, self.dtype
-    x, saved = VGG16ArgmaxEncoder(w, dt, name='backbone')(x, train=train)
-    fc = scaled(4096, w)
-    x = layers.ConvBNReLU(fc, 7, padding=0, dtype=dt, name='fc6')(x, train=train)
+    feats = build_backbone(self.backbone_spec(), dtype=dt)(x, train=train)
+    fc = scaled_channels(4096, w)
+    x = layers.ConvBNReLU(fc, 7, padding=0, dtype=dt, name='fc6')(feats['pool5'], train=train)
     x = layers.ConvBNReLU(fc, 1, padding=0, dtype=dt, name='fc7')(x, train=train)
-    x = DeconvBNReLU(scaled(512, w), 7, dtype=dt, name='fc6_deconv')(x, train=train)
-    x = decode(x, saved, DECONV_DECODER, width=w, train=train, dtype=dt)
+    x = DeconvBNReLU(scaled_channels(512, w), 7, dtype=dt, name='fc6_deconv')(x, train=train)
+    x = unpool_decoder(x, feats, DECONV_DECODER, width=w, train=train, dtype=dt)
     x = layers.Conv2d(self.num_classes, 1, padding=0, dtype=dt, name='score_fr')(x)
     return x.astype(jnp.float32)
 

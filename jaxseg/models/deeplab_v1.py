@@ -9,7 +9,8 @@ CRFs", arXiv:1412.7062. Follows the DeepLab-LargeFOV Caffe prototxt:
 * `fc6`: 3x3 convolution, dilation 12, 1024 channels (the "large field of
   view" variant, subsampled from VGG's 4096-channel fc6), ReLU, dropout 0.5;
 * `fc7`: 1x1, 1024, ReLU, dropout 0.5;
-* `fc8`: 1x1 classifier (Gaussian init, std 0.01, zero bias, as the prototxt);
+* `fc8`: 1x1 classifier (Gaussian init, std 0.01, zero bias, as the prototxt)
+  (fc6-fc8: `jaxseg.heads.fc_classifier`);
 * bilinear upsampling of the stride-8 scores to the input size. Caffe's
   `Interp` layer maps corners onto corners, so `align_corners=True` (for the
   recommended 321 = 8 * 40 + 1 input size the 41x41 score grid then sits
@@ -34,11 +35,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.backbones.vgg_deeplab import VGG16DeepLab
+from jaxseg.backbones.vgg import scaled_channels
+from jaxseg.heads import fc_classifier
 from jaxseg.ops import resize_bilinear
-from jaxseg.registry import register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
+
+# LargeFOV's fc6 / fc7 channels and fc6 dilation; dropout after both (the prototxt's).
+FC_FEATURES = 1024
+FC6_DILATION = 12
+DROPOUT = 0.5
 
 
 class DeepLabLargeFOV(nn.Module):
@@ -46,40 +53,35 @@ class DeepLabLargeFOV(nn.Module):
 
   Attributes:
     num_classes: output channels.
-    fc_features: channels of fc6 / fc7 (1024 in LargeFOV).
-    fc6_dilation: dilation of the 3x3 fc6 (12 in LargeFOV).
-    dropout: dropout rate after fc6 and fc7 (Caffe's element-wise dropout).
-    width: channel multiplier of the VGG part and of fc6/fc7 (1.0; smaller only for tests).
+    width: channel multiplier of the VGG part and of fc6/fc7 (1.0; smaller gives tiny variants).
     dtype: computation dtype; logits are returned in float32.
   """
 
   num_classes: int
-  fc_features: int = 1024
-  fc6_dilation: int = 12
-  dropout: float = 0.5
   width: float = 1.0
   dtype: Any = None
 
   def backbone_spec(self) -> tuple[str, dict]:
-    return 'vgg16_deeplab', {'width': self.width, 'dtype': self.dtype}
+    return 'vgg16_deeplab', {'width': self.width}
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     layers.check_image_batch(x, 'DeepLab-LargeFOV', channels=3, min_size=8)
-    height, width = x.shape[1:3]
-    name, kwargs = self.backbone_spec()
-    del name
-    h = VGG16DeepLab(**kwargs, name='backbone')(x, train=train)['out']
-    fc = max(1, int(round(self.fc_features * self.width)))
-    d = self.fc6_dilation
-    h = nn.relu(layers.Conv2d(fc, 3, padding=d, dilation=d, dtype=self.dtype, name='fc6')(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = nn.relu(layers.Conv2d(fc, 1, dtype=self.dtype, name='fc7')(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = layers.Conv2d(
-      self.num_classes, 1, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name='fc8'
-    )(h)
-    return resize_bilinear(h.astype(jnp.float32), (height, width), align_corners=True)
+    feats = build_backbone(self.backbone_spec(), dtype=self.dtype)(x, train=train)
+    h = fc_classifier(
+      feats['out'],
+      self.num_classes,
+      features=scaled_channels(FC_FEATURES, self.width),
+      kernel_size=3,
+      dilation=FC6_DILATION,
+      padding=FC6_DILATION,
+      dropout=DROPOUT,
+      classifier='fc8',
+      classifier_init=nn.initializers.normal(0.01),
+      train=train,
+      dtype=self.dtype,
+    )
+    return resize_bilinear(h.astype(jnp.float32), x.shape[1:3], align_corners=True)
 
 
 @register_model('deeplab_v1')

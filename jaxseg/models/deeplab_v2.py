@@ -5,9 +5,10 @@ Convolution, and Fully Connected CRFs", arXiv:1606.00915.
 
 * ResNet-101 at output stride 8 (`jaxseg.backbones.resnet`, torchvision layout
   and dilation rule: layer3 dilation 2, layer4 dilation 4);
-* ASPP-L (Sec. 3.1, Fig. 7): four parallel 3x3 classifier branches on layer4
-  with atrous rates 6, 12, 18, 24, each producing the C class scores (with bias,
-  Gaussian init std 0.01 as the reference prototxt), summed;
+* ASPP-L (Sec. 3.1, Fig. 7; `jaxseg.heads.aspp_sum`): four parallel 3x3
+  classifier branches on layer4 with atrous rates 6, 12, 18, 24, each producing
+  the C class scores (with bias, Gaussian init std 0.01 as the reference
+  prototxt), summed;
 * bilinear upsampling to the input size (align_corners=True, Caffe `Interp`).
 
 The paper's ResNet-101 is the original MSRA model (stride on the 1x1 conv,
@@ -30,13 +31,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.backbones.resnet import ResNet
+from jaxseg.heads import aspp_sum
 from jaxseg.ops import resize_bilinear
-from jaxseg.registry import register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
 
-STAGES = {'resnet50': (3, 4, 6, 3), 'resnet101': (3, 4, 23, 3)}
+BACKBONES = ('resnet50', 'resnet101')
+# ASPP-L's atrous rates.
+ASPP_RATES = (6, 12, 18, 24)
 
 
 class DeepLabV2(nn.Module):
@@ -45,29 +48,23 @@ class DeepLabV2(nn.Module):
   Attributes:
     num_classes: output channels.
     backbone: 'resnet101' (paper) or 'resnet50'.
-    rates: ASPP atrous rates (6, 12, 18, 24 = ASPP-L).
-    base_width: ResNet stem width (64; smaller only for tests).
-    stage_sizes: override of the ResNet blocks per stage (None = the backbone's; tests only).
+    base_width: ResNet stem width (64; smaller gives tiny variants).
+    stage_sizes: ResNet blocks per stage (None = the backbone's; fewer give tiny variants).
     dtype: computation dtype; logits are returned in float32.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   num_classes: int
   backbone: str = 'resnet101'
-  rates: Sequence[int] = (6, 12, 18, 24)
   base_width: int = 64
   stage_sizes: Sequence[int] | None = None
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   def backbone_spec(self) -> tuple[str, dict]:
-    if self.backbone not in STAGES:
+    if self.backbone not in BACKBONES:
       raise ValueError(
         f"DeepLab v2 backbone must be 'resnet50' or 'resnet101', got {self.backbone!r}."
       )
-    kwargs = dict(
-      output_stride=8, base_width=self.base_width, dtype=self.dtype, bn_axis_name=self.bn_axis_name
-    )
+    kwargs = dict(output_stride=8, base_width=self.base_width)
     if self.stage_sizes is not None:
       kwargs['stage_sizes'] = tuple(self.stage_sizes)
     return self.backbone, kwargs
@@ -75,23 +72,9 @@ class DeepLabV2(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     layers.check_image_batch(x, 'DeepLab v2', channels=3, min_size=8)
-    height, width = x.shape[1:3]
-    _, kwargs = self.backbone_spec()
-    stages = kwargs.pop('stage_sizes', STAGES[self.backbone])
-    h = ResNet(stage_sizes=stages, **kwargs, name='backbone')(x, train=train)['layer4']
-    out = 0.0
-    for i, r in enumerate(self.rates):
-      branch = layers.Conv2d(
-        self.num_classes,
-        3,
-        padding=r,
-        dilation=r,
-        kernel_init=nn.initializers.normal(0.01),
-        dtype=self.dtype,
-        name=f'aspp_c{i}',
-      )
-      out = out + branch(h)
-    return resize_bilinear(out.astype(jnp.float32), (height, width), align_corners=True)
+    feats = build_backbone(self.backbone_spec(), dtype=self.dtype)(x, train=train)
+    out = aspp_sum(feats['layer4'], self.num_classes, ASPP_RATES, dtype=self.dtype)
+    return resize_bilinear(out.astype(jnp.float32), x.shape[1:3], align_corners=True)
 
 
 @register_model('deeplab_v2')

@@ -2,7 +2,7 @@
 
 DeepLabv3 (`deeplab_v3`): a dilated ResNet (output stride 16 with multi-grid
 (1, 2, 4) in layer4, as the paper's best single-scale VOC model) followed by
-Atrous Spatial Pyramid Pooling: a 1x1 conv, three 3x3 atrous convs (rates
+Atrous Spatial Pyramid Pooling (`jaxseg.heads.ASPP`): a 1x1 conv, three 3x3 atrous convs (rates
 6/12/18 at output stride 16, 12/24/36 at 8) and an image-pooling branch (global
 average pool, 1x1 conv, broadcast back), each 256 channels + BN + ReLU;
 concatenated, projected by 1x1 conv 256 + BN + ReLU, dropout 0.1 (the
@@ -44,7 +44,6 @@ Auxiliary outputs: none here (see torchvision_seg for the aux convention).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -52,202 +51,132 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.backbones.resnet import ResNet50, ResNet101
+from jaxseg.heads import ASPP, default_rates
 from jaxseg.layers_sep import SeparableConv2d
 from jaxseg.ops import resize_bilinear
-from jaxseg.registry import create_backbone, register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
 
-_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
-# Encoder -> (stride-4 feature key, final feature key, final channels).
+# DeepLabv3+ encoder -> (stride-4 feature key, final feature key).
 _ENCODER_KEYS = {
   'resnet50': ('layer1', 'layer4'),
   'resnet101': ('layer1', 'layer4'),
   'mobilenet_v2': ('low_level', 'out'),
   'xception65': ('low_level', 'out'),
 }
-
-
-def default_rates(output_stride: int) -> tuple[int, ...]:
-  if output_stride not in _RATES:
-    raise ValueError(f'DeepLab output_stride must be 16 or 8 (ASPP rates 6/12/18 or 12/24/36), got {output_stride!r}.')
-  return _RATES[output_stride]
-
-
-class ASPP(nn.Module):
-  """Atrous Spatial Pyramid Pooling with image pooling (DeepLabv3 Sec. 3.3).
-
-  Submodules: `branch0` (1x1), `branch1..n` (3x3 atrous, ConvBNReLU or
-  SeparableConv2d), `pooling` (1x1 on the global average), `project` (1x1).
-
-  Attributes:
-    rates: dilation of each 3x3 branch.
-    features: channels of every branch and of the projection.
-    separable: depthwise-separable 3x3 branches (DeepLabv3+).
-    dropout: dropout rate after the projection (elementwise, as nn.Dropout).
-    dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
-  """
-
-  rates: Sequence[int] = (6, 12, 18)
-  features: int = 256
-  separable: bool = False
-  dropout: float = 0.1
-  dtype: Any = None
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    cbr = functools.partial(
-      layers.ConvBNReLU, self.features, use_bias=False, dtype=self.dtype, bn_axis_name=self.bn_axis_name
-    )
-    outs = [cbr(kernel_size=1, padding=0, name='branch0')(x, train=train)]
-    for i, r in enumerate(self.rates, 1):
-      if self.separable:
-        branch = SeparableConv2d(
-          self.features, 3, dilation=r, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name=f'branch{i}'
-        )
-        outs.append(branch(x, train=train))
-      else:
-        outs.append(cbr(kernel_size=3, padding=r, dilation=r, name=f'branch{i}')(x, train=train))
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
-    pooled = cbr(kernel_size=1, padding=0, name='pooling')(pooled, train=train)
-    # Bilinear upsampling of a 1x1 map (either align_corners) is a broadcast.
-    outs.append(jnp.broadcast_to(pooled, outs[0].shape[:3] + pooled.shape[3:]))
-    y = cbr(kernel_size=1, padding=0, name='project')(jnp.concatenate(outs, axis=-1), train=train)
-    return nn.Dropout(self.dropout)(y, deterministic=not train)
-
-
-def _classifier(num_classes: int, dtype: Any, name: str) -> layers.Conv2d:
-  return layers.Conv2d(num_classes, 1, dtype=dtype, name=name)
+# Dropout after DeepLabv3's ASPP projection (the reference's keep probability 0.9).
+V3_DROPOUT = 0.1
+# Channels of DeepLabv3+'s reduced stride-4 features.
+LOW_LEVEL_FEATURES = 48
 
 
 class DeepLabV3(nn.Module):
-  """DeepLabv3: dilated ResNet + ASPP + 1x1 classifier, bilinear upsampling.
+  """DeepLabv3: dilated ResNet + ASPP + 1x1 classifier, bilinear upsampling (align_corners=False).
 
   Attributes:
     num_classes: output channels.
     backbone: 'resnet101' (paper) or 'resnet50'.
-    output_stride: 16 (rates 6/12/18) or 8 (12/24/36).
+    output_stride: 16 (ASPP rates 6/12/18) or 8 (12/24/36).
     multi_grid: layer4 unit rates ((1, 2, 4) in the paper's best model); None = torchvision's rule.
-    aspp_rates: override of the three atrous rates.
-    dropout: dropout after the ASPP projection.
-    align_corners: of the final bilinear upsampling.
     dtype: computation dtype; logits are float32.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   num_classes: int
   backbone: str = 'resnet101'
   output_stride: int = 16
   multi_grid: Sequence[int] | None = (1, 2, 4)
-  aspp_rates: Sequence[int] | None = None
-  dropout: float = 0.1
-  align_corners: bool = False
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   def backbone_spec(self) -> tuple[str, dict]:
+    if self.backbone not in ('resnet50', 'resnet101'):
+      raise ValueError(
+        f"DeepLabV3 backbone must be 'resnet50' or 'resnet101', got {self.backbone!r}."
+      )
     return self.backbone, dict(output_stride=self.output_stride, multi_grid=self.multi_grid)
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    rates = tuple(self.aspp_rates) if self.aspp_rates is not None else default_rates(self.output_stride)
-    resnets = {'resnet50': ResNet50, 'resnet101': ResNet101}
-    if self.backbone not in resnets:
-      raise ValueError(f"DeepLabV3 backbone must be 'resnet50' or 'resnet101', got {self.backbone!r}.")
+    rates = default_rates(self.output_stride)
+    spec = self.backbone_spec()
     layers.check_image_batch(x, 'DeepLabV3', channels=3, min_size=self.output_stride)
-    feats = resnets[self.backbone](
-      output_stride=self.output_stride,
-      multi_grid=self.multi_grid,
-      dtype=self.dtype,
-      bn_axis_name=self.bn_axis_name,
-      name='backbone',
-    )(x, train=train)
-    y = ASPP(rates, dropout=self.dropout, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name='aspp')(
-      feats['layer4'], train=train
-    )
-    y = _classifier(self.num_classes, self.dtype, 'classifier')(y)
-    y = resize_bilinear(y.astype(jnp.float32), x.shape[1:3], align_corners=self.align_corners)
-    return y
+    feats = build_backbone(spec, dtype=self.dtype)(x, train=train)
+    y = ASPP(rates, dropout=V3_DROPOUT, dtype=self.dtype, name='aspp')(feats['layer4'], train=train)
+    y = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name='classifier')(y)
+    return resize_bilinear(y.astype(jnp.float32), x.shape[1:3], align_corners=False)
 
 
 class DeepLabV3Plus(nn.Module):
   """DeepLabv3+: encoder + (separable) ASPP + decoder on stride-4 features.
 
+  Bilinear resizes use align_corners=True (the TF reference and jfzhang95).
+
   Attributes:
     num_classes: output channels.
     backbone: 'xception65' (paper), 'resnet101', 'resnet50' or 'mobilenet_v2'.
-    output_stride: 16 or 8.
-    aspp_rates: override of the three atrous rates (default 6/12/18 or 12/24/36).
+    output_stride: 16 (ASPP rates 6/12/18) or 8 (12/24/36).
     separable: separable convs in ASPP and decoder (paper); False = jfzhang95's plain convs.
     aspp_dropout: dropout after the ASPP projection (0.1 TF reference, 0.5 jfzhang95).
     decoder_dropout: dropout after each of the two decoder 3x3 convs ((0, 0) TF, (0.5, 0.1) jfzhang95).
-    low_level_features: channels of the reduced stride-4 features (48).
     features: channels of ASPP and decoder (256).
-    align_corners: of the bilinear resizes (True in the TF reference and jfzhang95).
     backbone_kwargs: extra kwargs for the encoder (default multi_grid (1, 2, 4) and
       dilate_first_block=True for ResNets, i.e. jfzhang95's encoder at output stride 8 too,
-      last_conv=False for MobileNetV2; tiny variants for tests).
+      last_conv=False for MobileNetV2; smaller values give tiny variants).
     dtype: computation dtype; logits are float32.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   num_classes: int
   backbone: str = 'xception65'
   output_stride: int = 16
-  aspp_rates: Sequence[int] | None = None
   separable: bool = True
   aspp_dropout: float = 0.1
   decoder_dropout: Sequence[float] = (0.0, 0.0)
-  low_level_features: int = 48
   features: int = 256
-  align_corners: bool = True
   backbone_kwargs: Any = None
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   def backbone_spec(self) -> tuple[str, dict]:
+    if self.backbone not in _ENCODER_KEYS:
+      raise ValueError(
+        f'DeepLabV3Plus backbone must be one of {sorted(_ENCODER_KEYS)}, got {self.backbone!r}.'
+      )
     kwargs = dict(output_stride=self.output_stride, **dict(self.backbone_kwargs or {}))
     if self.backbone.startswith('resnet'):
-      kwargs.setdefault('multi_grid', (1, 2, 4))  # as the paper's ResNet-101 and jfzhang95's encoder
-      kwargs.setdefault('dilate_first_block', True)  # OS 8: all of layer3 at rate 2, as jfzhang95's
+      # Multi-grid as the paper's ResNet-101 and jfzhang95's encoder; at output stride 8 all of
+      # layer3 at rate 2, as jfzhang95's.
+      kwargs.setdefault('multi_grid', (1, 2, 4))
+      kwargs.setdefault('dilate_first_block', True)
     elif self.backbone == 'mobilenet_v2':
       kwargs.setdefault('last_conv', False)  # DeepLab reads the 320-channel features.17
     return self.backbone, kwargs
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    rates = tuple(self.aspp_rates) if self.aspp_rates is not None else default_rates(self.output_stride)
-    if self.backbone not in _ENCODER_KEYS:
-      raise ValueError(f'DeepLabV3Plus backbone must be one of {sorted(_ENCODER_KEYS)}, got {self.backbone!r}.')
+    rates = default_rates(self.output_stride)
+    spec = self.backbone_spec()
     layers.check_image_batch(x, 'DeepLabV3Plus', channels=3, min_size=self.output_stride)
-    name, kwargs = self.backbone_spec()
-    # Built detached (the registry's first argument is also called `name`), then bound here as `backbone`.
-    encoder = create_backbone(name, dtype=self.dtype, bn_axis_name=self.bn_axis_name, parent=None, **kwargs)
-    encoder = encoder.clone(parent=self, name='backbone')
-    feats = encoder(x, train=train)
+    feats = build_backbone(spec, dtype=self.dtype)(x, train=train)
     low_key, high_key = _ENCODER_KEYS[self.backbone]
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    y = ASPP(rates, self.features, self.separable, self.aspp_dropout, name='aspp', **sync)(feats[high_key], train=train)
+    dt = self.dtype
+    aspp = ASPP(rates, self.features, self.separable, self.aspp_dropout, dt, name='aspp')
+    y = aspp(feats[high_key], train=train)
 
-    low = feats[low_key]
-    low = layers.ConvBNReLU(self.low_level_features, 1, padding=0, use_bias=False, name='decoder_reduce', **sync)(
-      low, train=train
+    reduce = layers.ConvBNReLU(
+      LOW_LEVEL_FEATURES, 1, padding=0, use_bias=False, dtype=dt, name='decoder_reduce'
     )
-    y = resize_bilinear(y, low.shape[1:3], align_corners=self.align_corners)
+    low = reduce(feats[low_key], train=train)
+    y = resize_bilinear(y, low.shape[1:3], align_corners=True)
     y = jnp.concatenate([y, low.astype(y.dtype)], axis=-1)
     for i, rate in enumerate(self.decoder_dropout):
       if self.separable:
-        y = SeparableConv2d(self.features, 3, name=f'decoder_conv{i}', **sync)(y, train=train)
+        conv = SeparableConv2d(self.features, 3, dtype=dt, name=f'decoder_conv{i}')
       else:
-        y = layers.ConvBNReLU(self.features, 3, padding=1, use_bias=False, name=f'decoder_conv{i}', **sync)(
-          y, train=train
+        conv = layers.ConvBNReLU(
+          self.features, 3, padding=1, use_bias=False, dtype=dt, name=f'decoder_conv{i}'
         )
-      y = nn.Dropout(rate)(y, deterministic=not train)
-    y = _classifier(self.num_classes, self.dtype, 'classifier')(y)
-    return resize_bilinear(y.astype(jnp.float32), x.shape[1:3], align_corners=self.align_corners)
+      y = nn.Dropout(rate)(conv(y, train=train), deterministic=not train)
+    y = layers.Conv2d(self.num_classes, 1, dtype=dt, name='classifier')(y)
+    return resize_bilinear(y.astype(jnp.float32), x.shape[1:3], align_corners=True)
 
 
 @register_model('deeplab_v3')

@@ -69,9 +69,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg import layers
-from jaxseg.backbones.vgg_deeplab import VGG16Dilated
+from jaxseg.backbones.vgg import scaled_channels
+from jaxseg.heads import fc_classifier
 from jaxseg.ops import resize_bilinear
-from jaxseg.registry import register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
 
@@ -90,6 +91,11 @@ CONTEXT_LAYERS = (
 REFLECT_MARGIN = 186
 ZOOM = 8
 PADDINGS = ('reflect_valid', 'same')
+# The front-end's fc6 / fc7 channels (VGG-16's) and their dropout rate.
+FC_FEATURES = 4096
+DROPOUT = 0.5
+# Std of the non-identity weights of the 'large' context module (Sec. 3).
+IDENTITY_NOISE_STD = 1e-3
 
 
 def identity_init(num_classes: int, noise_std: float):
@@ -152,7 +158,6 @@ class ContextModule(nn.Module):
   Attributes:
     num_classes: C (input and output channels).
     size: 'basic' or 'large'.
-    noise_std: std of the non-identity weights of the 'large' module.
     pad_input: zero-pad the input once by the module's total shrinkage (33)
       and run unpadded convolutions (the reference's Dilation8 VOC net) instead
       of zero-padding each convolution. Both keep the spatial size.
@@ -161,7 +166,6 @@ class ContextModule(nn.Module):
 
   num_classes: int
   size: str = 'large'
-  noise_std: float = 1e-3
   pad_input: bool = False
   dtype: Any = None
 
@@ -183,7 +187,7 @@ class ContextModule(nn.Module):
         k,
         padding=0 if self.pad_input else d * (k // 2),
         dilation=d,
-        kernel_init=identity_init(c, self.noise_std if large else 0.0),
+        kernel_init=identity_init(c, IDENTITY_NOISE_STD if large else 0.0),
         dtype=self.dtype,
         name=name,
       )(x)
@@ -201,23 +205,19 @@ class DilatedNet(nn.Module):
     padding: 'reflect_valid' (the reference's 186-pixel reflection margin,
       unpadded convolutions and zoom-8 interpolation) or 'same' (zero-padded
       convolutions, align_corners=False upsampling); see the module docstring.
-    fc_features: channels of fc6 / fc7 (4096).
-    dropout: dropout rate after fc6 and fc7.
-    width: channel multiplier of the VGG part and of fc6/fc7 (1.0; smaller only for tests).
+    width: channel multiplier of the VGG part and of fc6/fc7 (1.0; smaller gives tiny variants).
     dtype: computation dtype; logits are returned in float32.
   """
 
   num_classes: int
   context: str | None = 'large'
   padding: str = 'reflect_valid'
-  fc_features: int = 4096
-  dropout: float = 0.5
   width: float = 1.0
   dtype: Any = None
 
   def backbone_spec(self) -> tuple[str, dict]:
-    # The padding does not change the variables, and 'valid' needs inputs >= 181.
-    return 'vgg16_dilated', {'width': self.width, 'dtype': self.dtype}
+    # The padding (a module argument of build_backbone) does not change the variables.
+    return 'vgg16_dilated', {'width': self.width}
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -234,16 +234,20 @@ class DilatedNet(nn.Module):
     height, width = x.shape[1:3]
     if valid:
       x = reflect_pad(x, REFLECT_MARGIN)
-    backbone = VGG16Dilated(
-      width=self.width, padding='valid' if valid else 'same', dtype=self.dtype, name='backbone'
+    padding = 'valid' if valid else 'same'
+    backbone = build_backbone(self.backbone_spec(), padding=padding, dtype=self.dtype)
+    h = fc_classifier(
+      backbone(x, train=train)['out'],
+      self.num_classes,
+      features=scaled_channels(FC_FEATURES, self.width),
+      kernel_size=7,
+      dilation=4,
+      padding=0 if valid else 12,
+      dropout=DROPOUT,
+      classifier='final',
+      train=train,
+      dtype=self.dtype,
     )
-    h = backbone(x, train=train)['out']
-    fc = max(1, int(round(self.fc_features * self.width)))
-    fc6 = layers.Conv2d(fc, 7, padding=0 if valid else 12, dilation=4, dtype=self.dtype, name='fc6')
-    h = nn.Dropout(self.dropout)(nn.relu(fc6(h)), deterministic=not train)
-    h = nn.relu(layers.Conv2d(fc, 1, dtype=self.dtype, name='fc7')(h))
-    h = nn.Dropout(self.dropout)(h, deterministic=not train)
-    h = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name='final')(h)
     if self.context is not None:
       # Flax module names are flat (ctx_conv1_1, ...) so the Caffe names map 1:1.
       pad_input = valid and self.context == 'large'

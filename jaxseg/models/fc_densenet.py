@@ -57,10 +57,6 @@ from jaxseg.registry import register_model
 Array = jax.Array
 
 
-# Dense layers above which FCDenseNet asks XLA:CPU for its faster-compiling loop emitters.
-_FAST_COMPILE_LAYERS = 64
-
-
 class DenseBlock(nn.Module):
   """n x (BN-ReLU-3x3 conv-dropout), densely connected.
 
@@ -70,9 +66,6 @@ class DenseBlock(nn.Module):
     dropout: dropout rate.
     new_only: return only the new feature maps (bottleneck and up path).
     dtype: computation dtype.
-    buffer: build the block's output in one preallocated channel buffer
-      (see `__call__`); False concatenates after every layer. Same values,
-      gradients equal to float32 rounding.
   """
 
   num_layers: int
@@ -80,7 +73,6 @@ class DenseBlock(nn.Module):
   dropout: float
   new_only: bool = False
   dtype: Any = None
-  buffer: bool = True
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, keep: Array | None = None) -> Array:
@@ -94,27 +86,15 @@ class DenseBlock(nn.Module):
     def layer_keep(j):
       return None if keep is None else keep[..., j * k : (j + 1) * k]
 
-    if not self.buffer:
-      new = []
-      for j in range(self.num_layers):
-        y = DenseLayer(k, self.dropout, self.dtype, name=f'layers_{j}')(
-          x, train=train, keep=layer_keep(j)
-        )
-        x = jnp.concatenate([x, y], axis=-1)
-        new.append(y)
-      return jnp.concatenate(new, axis=-1) if self.new_only else x
     # Layer j reads the first c0 + j * k channels of one (N, H, W, c0 + n * k)
     # buffer and writes its k new channels after them (an in-place update for
-    # XLA) instead of concatenating a growing copy after every layer. In the
-    # backward pass each layer's input gradient is then one padded add into a
-    # buffer-sized accumulator, where the concatenations' gradients were split
-    # per earlier layer: XLA fused every layer's BatchNorm backward into each
-    # of those splits. FC-DenseNet56 train step (batch 2, 128x128, 2 shared
-    # cores, both variants compiled and timed interleaved in one process):
-    # 51k -> 39k optimised HLO instructions, 4.48 -> 3.92 CPU-seconds per
-    # step; compile time not reduced (45.6 vs 51.0 s in that run, 43.3 vs
-    # 44.4 s in another; ~22 s with dropout 0: the per-layer dropout draws
-    # were the other half, now one draw, see `FCDenseNet._keep_masks`).
+    # XLA) instead of concatenating a growing copy after every layer: each
+    # layer's input gradient is then one padded add into a buffer-sized
+    # accumulator, where a concatenation's gradient is split per earlier layer
+    # and XLA fuses every layer's BatchNorm backward into each split. FC-DenseNet56
+    # train step against a concatenating block (batch 2, 128x128, 2 shared cores,
+    # compiled and timed interleaved): 51k -> 39k optimised HLO instructions,
+    # 4.48 -> 3.92 CPU-seconds per step, compile time about the same.
     c0 = x.shape[-1]
     buf = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.num_layers * k)))
     for j in range(self.num_layers):
@@ -195,7 +175,7 @@ class FCDenseNet(nn.Module):
     up_blocks: layers per dense block of the up path.
     growth_rate: channels each dense layer adds (k).
     first_features: channels of the first 3x3 convolution.
-    in_channels: input channels.
+    in_channels: input channels (3 for RGB; 1 for grayscale data).
     dropout: dropout rate everywhere (0.2 in the paper).
     dtype: computation dtype; logits are returned in float32.
   """
@@ -213,23 +193,6 @@ class FCDenseNet(nn.Module):
   @property
   def min_input_size(self) -> int:
     return 2 ** len(self.down_blocks)
-
-  @property
-  def xla_cpu_compiler_options(self) -> dict[str, Any] | None:
-    """XLA:CPU compile options for deep configurations (`layers.cpu_compiler_options`).
-
-    Every dense layer's channel count differs, so the network is ~15 distinct kernels per
-    layer that XLA:CPU compiles one by one. Above `_FAST_COMPILE_LAYERS` dense layers
-    (FC-DenseNet103's 91) the train step is compiled without the MLIR fusion emitters:
-    same lowered HLO, 2 cores, fresh or interleaved compiles, 66.4 -> 41.7 s (CPU 109 ->
-    68 s) and 64.6 -> 52.8 s, train step even (1.17 vs 1.15 s, 1.07 vs 1.10 s, 1.19 vs
-    1.14 s), inference 6% faster. Shallower ones (FC-DenseNet56's 44 layers, ~20-25 s)
-    keep XLA's defaults: their train step measured 4-19% slower without the emitters.
-    """
-    layers_total = sum(self.down_blocks) + self.bottleneck_layers + sum(self.up_blocks)
-    if layers_total > _FAST_COMPILE_LAYERS:
-      return {'xla_cpu_use_fusion_emitters': False}
-    return None
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:

@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.backbones.vgg import VGG16
 from jaxseg.ops import resize_bilinear
-from jaxseg.registry import register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
 
@@ -56,15 +55,13 @@ class Hypercolumn(nn.Module):
     layers: VGG16 layers whose feature maps form the hypercolumn (names of
       `jaxseg.backbones.vgg.VGG16`'s outputs: conv1_2 ... conv5_3 at the end of
       each stage, pool1 ... pool5, fc6, fc7).
-    width: VGG16 channel multiplier (1.0 = VGG16; tests use tiny variants).
-    fc_dropout: channel dropout after fc6 / fc7 (training only).
+    width: VGG16 channel multiplier (1.0 = VGG16; smaller gives tiny variants).
     dtype: computation dtype; logits are returned in float32.
   """
 
   num_classes: int
   layers: Sequence[str] = ('pool2', 'conv4_3', 'fc7')
   width: float = 1.0
-  fc_dropout: float = 0.5
   dtype: Any = None
 
   @property
@@ -75,7 +72,7 @@ class Hypercolumn(nn.Module):
     """Registered backbone whose variables equal `params['backbone']` (ImageNet initialisation)."""
     kwargs = dict(ceil_mode=True, width=self.width)
     if self.uses_fc:
-      kwargs.update(fc='conv', fc_dropout=self.fc_dropout)
+      kwargs['fc'] = 'conv'
     return 'vgg16', kwargs
 
   @nn.compact
@@ -90,8 +87,7 @@ class Hypercolumn(nn.Module):
       x, 'Hypercolumn', channels=3, min_size=MIN_FC_SIZE if self.uses_fc else 1
     )
     height, width = x.shape[1:3]
-    _, kwargs = self.backbone_spec()
-    feats = VGG16(batch_norm=False, dtype=self.dtype, name='backbone', **kwargs)(x, train=train)
+    feats = build_backbone(self.backbone_spec(), dtype=self.dtype)(x, train=train)
     logits = jnp.zeros((x.shape[0], height, width, self.num_classes), jnp.float32)
     for name in self.layers:
       score = layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name=f'score_{name}')(

@@ -3,19 +3,22 @@
 SegNet: the 13 convolutional layers of VGG16 with BatchNorm as the encoder (no
 fully connected layers), a mirrored decoder that upsamples with the encoder's
 max-pooling indices (a scatter, no learned upsampling) followed by
-conv-BN-ReLU layers, and a 3x3 score convolution (seed notes' layout).
+conv-BN-ReLU layers, and a 3x3 score convolution, as in the authors' Caffe
+SegNet.
 
-Layout (the seed notes' CBR = Sequential(Conv2d 3x3 p1, BatchNorm2d, ReLU),
-PyTorch keys `conv1_1.0.weight`, `conv1_1.1.running_mean`, ...):
+Layout: the PyTorch reference layout in tests/torch_ref/segnet.py, whose
+CBR = Sequential(Conv2d 3x3 p1, BatchNorm2d, ReLU) gives the keys
+`conv1_1.0.weight`, `conv1_1.1.running_mean`, ...:
 
 * encoder `conv1_1, conv1_2 | conv2_1, conv2_2 | conv3_1..3_3 | conv4_1..4_3 |
   conv5_1..5_3`, each stage followed by 2x2/2 ceil-mode max pooling that keeps
-  its argmax (Flax submodule `backbone`, whose variables are exactly those of
-  the registered `vgg16_bn` backbone, so ImageNet weights load into it);
+  its argmax: the registered `vgg16_bn` backbone with `return_indices=True`
+  (Flax submodule `backbone`), so ImageNet VGG16-BN weights load into it;
 * decoder in forward order, each stage starting with max-unpooling to the size
-  the matching encoder stage had (odd sizes round-trip exactly): `dcbr5_1..5_3`
-  (512), `dcbr4_1, dcbr4_2` (512), `dcbr4_3` (512->256), `dcbr3_1, dcbr3_2`,
-  `dcbr3_3` (256->128), `dcbr2_1`, `dcbr2_2` (128->64), `dcbr1_1` (64);
+  the matching encoder stage had (odd sizes round-trip exactly;
+  `jaxseg.heads.unpool_decoder`): `dcbr5_1..5_3` (512), `dcbr4_1, dcbr4_2`
+  (512), `dcbr4_3` (512->256), `dcbr3_1, dcbr3_2`, `dcbr3_3` (256->128),
+  `dcbr2_1`, `dcbr2_2` (128->64), `dcbr1_1` (64);
 * `score_fr` Conv2d(64, C, 3, padding 1).
 
 29,449,355 parameters with 11 classes (29,455,125 with 21). Pooling ties
@@ -32,10 +35,9 @@ local response normalisation of the input is a preprocessing choice and is
 left out.
 
 Paper result (CamVid, 11 road-scene classes, median-frequency class
-balancing): mIoU 50.2 as quoted by this project's design card for the TPAMI
-paper's CamVid comparison; the paper reports SegNet after several training
-lengths, so check which row a reproduction is compared with (the table could
-not be re-read while writing this module).
+balancing): SegNet mIoU 50.2 in the TPAMI paper's CamVid comparison; the paper
+reports SegNet after several training lengths, so check which row a
+reproduction is compared with.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.backbones.vgg import VGG16_STAGES
+from jaxseg.heads import unpool_decoder
 from jaxseg.ops import max_pool_with_argmax, max_unpool
-from jaxseg.registry import register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
 
@@ -61,60 +63,8 @@ SEGNET_DECODER = (
   (2, (('dcbr2_1', 128, 128), ('dcbr2_2', 128, 64))),
   (1, (('dcbr1_1', 64, 64),)),
 )
-
-Saved = list[tuple[Array, tuple[int, int]]]
-
-
-class VGG16ArgmaxEncoder(nn.Module):
-  """VGG16-BN convolutional layers with index-keeping ceil-mode max pooling.
-
-  The variables are named as the `vgg16_bn` backbone's (`conv1_1/conv`,
-  `conv1_1/bn`, ...), so ImageNet VGG16-BN weights load into it.
-
-  Attributes:
-    width: channel multiplier, as the `vgg16_bn` backbone's (1.0 is VGG16; tests use less).
-    dtype: computation dtype.
-  """
-
-  width: float = 1.0
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> tuple[Array, Saved]:
-    """Returns the pool5 features and, per stage, (argmax indices, pre-pool size)."""
-    saved = []
-    for stage, n_convs, ch in VGG16_STAGES:
-      for i in range(1, n_convs + 1):
-        x = layers.ConvBNReLU(
-          scaled(ch, self.width),
-          3,
-          padding=1,
-          dtype=self.dtype,
-          name=f'conv{stage}_{i}',
-        )(x, train=train)
-      size = tuple(x.shape[1:3])
-      x, indices = max_pool_with_argmax(x, 2)
-      # Exposed for parity tests (apply with mutable=["intermediates"]).
-      self.sow('intermediates', f'pool{stage}_indices', indices)
-      saved.append((indices, size))
-    return x, saved
-
-
-def scaled(channels: int, width: float) -> int:
-  """Channel count under a width multiplier (the rule of the VGG16 backbone)."""
-  return max(1, int(round(channels * width)))
-
-
-def decode(x: Array, saved: Saved, decoder, *, width: float, train: bool, dtype) -> Array:
-  """Unpools with each stage's saved indices, then runs that stage's CBR layers."""
-  for stage, block in decoder:
-    indices, size = saved[stage - 1]
-    x = max_unpool(x, indices, size, window=2)
-    for name, _, out_ch in block:
-      x = layers.ConvBNReLU(scaled(out_ch, width), 3, padding=1, dtype=dtype, name=name)(
-        x, train=train
-      )
-  return x
+# SegNet-Basic: encoder (= decoder) stages.
+BASIC_DEPTH = 4
 
 
 class SegNet(nn.Module):
@@ -122,7 +72,7 @@ class SegNet(nn.Module):
 
   Attributes:
     num_classes: output channels.
-    width: channel multiplier (1.0 is the paper's network; tests use tiny variants).
+    width: channel multiplier (1.0 is the paper's network; smaller gives tiny variants).
     dtype: computation dtype (e.g. jnp.bfloat16); logits are returned in float32.
   """
 
@@ -132,13 +82,15 @@ class SegNet(nn.Module):
 
   def backbone_spec(self) -> tuple[str, dict]:
     """Registered backbone whose variables equal `params['backbone']` (ImageNet initialisation)."""
-    return 'vgg16_bn', dict(width=self.width)
+    return 'vgg16_bn', dict(width=self.width, ceil_mode=True, return_indices=True)
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
     layers.check_image_batch(x, 'SegNet', channels=3)
-    x, saved = VGG16ArgmaxEncoder(self.width, self.dtype, name='backbone')(x, train=train)
-    x = decode(x, saved, SEGNET_DECODER, width=self.width, train=train, dtype=self.dtype)
+    feats = build_backbone(self.backbone_spec(), dtype=self.dtype)(x, train=train)
+    x = unpool_decoder(
+      feats['pool5'], feats, SEGNET_DECODER, width=self.width, train=train, dtype=self.dtype
+    )
     x = layers.Conv2d(self.num_classes, 3, padding=1, dtype=self.dtype, name='score_fr')(x)
     return x.astype(jnp.float32)
 
@@ -150,14 +102,12 @@ class SegNetBasic(nn.Module):
     num_classes: output channels.
     features: channels of every layer (64 in the paper).
     kernel_size: kernel of every encoder/decoder convolution (7 in the paper).
-    depth: number of encoder (= decoder) stages (4 in the paper).
     dtype: computation dtype; logits are returned in float32.
   """
 
   num_classes: int
   features: int = 64
   kernel_size: int = 7
-  depth: int = 4
   dtype: Any = None
 
   @nn.compact
@@ -167,12 +117,12 @@ class SegNetBasic(nn.Module):
       kernel_size=self.kernel_size, padding=self.kernel_size // 2, use_bias=False, dtype=self.dtype
     )
     saved = []
-    for i in range(1, self.depth + 1):
+    for i in range(1, BASIC_DEPTH + 1):
       x = layers.ConvBNReLU(self.features, name=f'conv{i}', **conv)(x, train=train)
       size = tuple(x.shape[1:3])
       x, indices = max_pool_with_argmax(x, 2)
       saved.append((indices, size))
-    for i in range(self.depth, 0, -1):
+    for i in range(BASIC_DEPTH, 0, -1):
       indices, size = saved[i - 1]
       x = max_unpool(x, indices, size, window=2)
       # The paper's decoder has no non-linearity.

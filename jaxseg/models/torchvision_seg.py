@@ -8,10 +8,11 @@ module for module, so torchvision checkpoints load 1:1 through
 
 * backbone: ResNet at output stride 8 (`replace_stride_with_dilation=[False,
   True, True]`, torchvision's dilation rule);
-* FCNHead(in, C): 3x3 conv in/4 (no bias) + BN + ReLU + Dropout(0.1) + 1x1 conv C;
-* DeepLabHead(2048, C): ASPP (1x1, 3x3 at rates 12/24/36, image pooling; 256
-  each, projection 1x1 256 + BN + ReLU + Dropout(0.5)), 3x3 conv 256 + BN + ReLU,
-  1x1 conv C;
+* FCNHead(in, C) (`jaxseg.heads.FCNHead`): 3x3 conv in/4 (no bias) + BN + ReLU
+  + Dropout(0.1) + 1x1 conv C;
+* DeepLabHead(2048, C) (`jaxseg.heads.DeepLabHead`): ASPP (1x1, 3x3 at rates
+  12/24/36, image pooling; 256 each, projection 1x1 256 + BN + ReLU +
+  Dropout(0.5)), 3x3 conv 256 + BN + ReLU, 1x1 conv C;
 * optional auxiliary FCNHead(1024, C) on layer3 (`aux=True`, torchvision's
   `aux_loss=True`);
 * bilinear upsampling to the input size with align_corners=False.
@@ -39,58 +40,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg import layers
-from jaxseg.backbones.resnet import ResNet50, ResNet101
-from jaxseg.models.deeplab_v3 import ASPP
+from jaxseg.heads import DeepLabHead, FCNHead
 from jaxseg.ops import resize_bilinear
-from jaxseg.registry import register_model
+from jaxseg.registry import build_backbone, register_model
 
 Array = jax.Array
-
-
-class FCNHead(nn.Module):
-  """torchvision's FCNHead: conv3x3 (in/4) + BN + ReLU + Dropout(0.1) + conv1x1 (classes).
-
-  Attributes:
-    num_classes: output channels.
-    dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
-  """
-
-  num_classes: int
-  dtype: Any = None
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    x = layers.Conv2d(x.shape[-1] // 4, 3, padding=1, use_bias=False, dtype=self.dtype, name='conv')(x)
-    x = nn.relu(layers.BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='bn')(x, train=train))
-    x = nn.Dropout(0.1)(x, deterministic=not train)
-    return layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name='cls')(x)
-
-
-class DeepLabHead(nn.Module):
-  """torchvision's DeepLabHead: ASPP(12, 24, 36) + conv3x3 256 + BN + ReLU + conv1x1 (classes).
-
-  Attributes:
-    num_classes: output channels.
-    rates: ASPP atrous rates.
-    dtype: computation dtype.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
-  """
-
-  num_classes: int
-  rates: tuple[int, ...] = (12, 24, 36)
-  dtype: Any = None
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
-    x = ASPP(self.rates, 256, dropout=0.5, dtype=self.dtype, bn_axis_name=self.bn_axis_name, name='aspp')(
-      x, train=train
-    )
-    x = layers.Conv2d(256, 3, padding=1, use_bias=False, dtype=self.dtype, name='head_conv')(x)
-    x = nn.relu(layers.BatchNorm(axis_name=self.bn_axis_name, dtype=self.dtype, name='head_bn')(x, train=train))
-    return layers.Conv2d(self.num_classes, 1, dtype=self.dtype, name='cls')(x)
 
 
 class TorchvisionSegmentation(nn.Module):
@@ -101,9 +55,8 @@ class TorchvisionSegmentation(nn.Module):
     head: 'fcn' or 'deeplabv3'.
     depth: 50 or 101.
     aux: build the auxiliary classifier (torchvision's aux_loss=True).
-    base_width: ResNet stem width (64; smaller only for fast tests).
+    base_width: ResNet stem width (64; smaller gives tiny variants).
     dtype: computation dtype; logits are float32.
-    bn_axis_name: axis for synchronised BatchNorm, or None.
   """
 
   num_classes: int
@@ -112,7 +65,6 @@ class TorchvisionSegmentation(nn.Module):
   aux: bool = False
   base_width: int = 64
   dtype: Any = None
-  bn_axis_name: str | None = None
 
   def backbone_spec(self) -> tuple[str, dict]:
     return f'resnet{self.depth}', dict(output_stride=8, base_width=self.base_width)
@@ -120,19 +72,20 @@ class TorchvisionSegmentation(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array | dict[str, Array]:
     if self.head not in ('fcn', 'deeplabv3') or self.depth not in (50, 101):
-      raise ValueError(f"head must be 'fcn' or 'deeplabv3' and depth 50 or 101, got {self.head!r}, {self.depth!r}.")
-    name = f'{self.head}_resnet{self.depth}'
-    layers.check_image_batch(x, name, channels=3, min_size=8)
-    sync = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    resnet = ResNet50 if self.depth == 50 else ResNet101
-    feats = resnet(output_stride=8, base_width=self.base_width, name='backbone', **sync)(x, train=train)
+      raise ValueError(
+        f"head must be 'fcn' or 'deeplabv3' and depth 50 or 101, got {self.head!r}, {self.depth!r}."
+      )
+    layers.check_image_batch(x, f'{self.head}_resnet{self.depth}', channels=3, min_size=8)
+    feats = build_backbone(self.backbone_spec(), dtype=self.dtype)(x, train=train)
     head = FCNHead if self.head == 'fcn' else DeepLabHead
     size = x.shape[1:3]
-    out = head(self.num_classes, name='classifier', **sync)(feats['layer4'], train=train)
+    out = head(self.num_classes, self.dtype, name='classifier')(feats['layer4'], train=train)
     out = resize_bilinear(out.astype(jnp.float32), size, align_corners=False)
     # The aux head runs at init (so its variables exist for eval-mode init) and in training only.
     if self.aux and (train or self.is_initializing()):
-      aux = FCNHead(self.num_classes, name='aux_classifier', **sync)(feats['layer3'], train=train)
+      aux = FCNHead(self.num_classes, self.dtype, name='aux_classifier')(
+        feats['layer3'], train=train
+      )
       aux = resize_bilinear(aux.astype(jnp.float32), size, align_corners=False)
       if train:
         return {'out': out, 'aux': aux}

@@ -39,7 +39,9 @@ def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarr
 def resize_bilinear(x: Array, size: tuple[int, int], *, align_corners: bool = False) -> Array:
   """Bilinearly resizes an NHWC array to `size` = (H, W), PyTorch-compatible."""
   if x.ndim != 4:
-    raise ValueError(f'resize_bilinear expects an NHWC array of rank 4, got shape {tuple(x.shape)}.')
+    raise ValueError(
+      f'resize_bilinear expects an NHWC array of rank 4, got shape {tuple(x.shape)}.'
+    )
   out_h, out_w = (int(s) for s in size)
   if out_h < 1 or out_w < 1:
     raise ValueError(f'resize_bilinear: target size must be >= 1, got {(out_h, out_w)}.')

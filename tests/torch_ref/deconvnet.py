@@ -1,4 +1,4 @@
-"""DeconvNet (Noh et al. 2015) in the seed notes' CBR/DCB layout (PyTorch).
+"""DeconvNet (Noh et al. 2015) in PyTorch, the reference layout of `jaxseg.models.deconvnet`.
 
 The encoder is SegNet's (VGG16-BN with argmax pooling); fc6 = CBR(512, 4096, 7,
 no padding), fc7 = CBR(4096, 4096, 1), fc6_deconv = Sequential(ConvTranspose2d(
@@ -11,6 +11,7 @@ from torch import nn
 
 from torch_ref.segnet import CBR, VGGEncoder, scaled
 
+# (stage, ((name, in, out), ...)) of the deconvolution network in forward order.
 DECONV_DECODER = (
   (5, (('deconv5_1', 512, 512), ('deconv5_2', 512, 512), ('deconv5_3', 512, 512))),
   (4, (('deconv4_1', 512, 512), ('deconv4_2', 512, 512), ('deconv4_3', 512, 256))),
@@ -27,21 +28,13 @@ class DeconvNet(VGGEncoder):
     self.fc6 = CBR(c5, fc, 7, 1, 0)
     self.fc7 = CBR(fc, fc, 1, 1, 0)
     self.fc6_deconv = nn.Sequential(nn.ConvTranspose2d(fc, c5, 7), nn.BatchNorm2d(c5), nn.ReLU())
-    for _, block in DECONV_DECODER:
-      for name, cin, cout in block:
-        setattr(self, name, CBR(scaled(cin, width), scaled(cout, width)))
+    self.add_decoder(DECONV_DECODER, width)
     self.score_fr = nn.Conv2d(scaled(64, width), num_classes, 1)
-    self.unpool = nn.MaxUnpool2d(2, 2)
 
   def forward(self, x):
     x, saved = self.encode(x)
     x = self.fc6_deconv(self.fc7(self.fc6(x)))
-    for stage, block in DECONV_DECODER:
-      idx, size = saved[stage - 1]
-      x = self.unpool(x, idx, output_size=size)
-      for name, _, _ in block:
-        x = getattr(self, name)(x)
-    return self.score_fr(x)
+    return self.score_fr(self.decode(x, saved, DECONV_DECODER))
 
 
 if __name__ == '__main__':

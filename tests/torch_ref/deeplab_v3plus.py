@@ -34,7 +34,10 @@ class ASPP(nn.Module):
     self.aspp3 = _Branch(cin, 256, 3, rates[1])
     self.aspp4 = _Branch(cin, 256, 3, rates[2])
     self.global_avg_pool = nn.Sequential(
-      nn.AdaptiveAvgPool2d((1, 1)), nn.Conv2d(cin, 256, 1, bias=False), nn.BatchNorm2d(256), nn.ReLU()
+      nn.AdaptiveAvgPool2d((1, 1)),
+      nn.Conv2d(cin, 256, 1, bias=False),
+      nn.BatchNorm2d(256),
+      nn.ReLU(),
     )
     self.conv1 = nn.Conv2d(1280, 256, 1, bias=False)
     self.bn1 = nn.BatchNorm2d(256)

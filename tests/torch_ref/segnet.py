@@ -1,9 +1,11 @@
-"""SegNet, SegNet-Basic and DeconvNet encoder in the seed notes' CBR layout (PyTorch).
+"""SegNet, SegNet-Basic and DeconvNet's encoder and decoder in PyTorch (Badrinarayanan et al. 2017).
 
-CBR = Sequential(Conv2d 3x3 p1, BatchNorm2d, ReLU), so keys read `conv1_1.0.weight`,
-`conv1_1.1.running_mean`, ...; pooling is MaxPool2d(2, 2, ceil_mode=True,
-return_indices=True) and the decoder unpools with MaxUnpool2d to the saved size.
-`width` multiplies every channel count (tests only; 1.0 is the paper's network).
+The reference layout of `jaxseg.models.segnet` / `deconvnet`: CBR = Sequential(Conv2d
+3x3 p1, BatchNorm2d, ReLU), so keys read `conv1_1.0.weight`, `conv1_1.1.running_mean`,
+...; pooling is MaxPool2d(2, 2, ceil_mode=True, return_indices=True) and the decoder
+unpools with MaxUnpool2d to the saved size, as the Caffe SegNet's Upsample layer does.
+`width` multiplies every channel count (1.0 is the paper's network; smaller gives the
+tiny variants the tests use).
 """
 
 import torch
@@ -39,6 +41,22 @@ class VGGEncoder(nn.Module):
         setattr(self, f'conv{s}_{i}', CBR(cin, scaled(ch, width)))
         cin = scaled(ch, width)
     self.pool = nn.MaxPool2d(2, 2, ceil_mode=True, return_indices=True)
+    self.unpool = nn.MaxUnpool2d(2, 2)
+
+  def add_decoder(self, decoder, width):
+    """Registers the CBR layers of `decoder`: (stage, ((name, in, out), ...)) in forward order."""
+    for _, block in decoder:
+      for name, cin, cout in block:
+        setattr(self, name, CBR(scaled(cin, width), scaled(cout, width)))
+
+  def decode(self, x, saved, decoder):
+    """Per stage of `decoder`: unpool with that encoder stage's saved indices and size, then CBRs."""
+    for stage, block in decoder:
+      idx, size = saved[stage - 1]
+      x = self.unpool(x, idx, output_size=size)
+      for name, _, _ in block:
+        x = getattr(self, name)(x)
+    return x
 
   # Pooling decisions to use instead of the computed ones (one NCHW int64 tensor
   # per stage): lets a parity test replay another implementation's argmax where
@@ -66,20 +84,12 @@ class VGGEncoder(nn.Module):
 class SegNet(VGGEncoder):
   def __init__(self, num_classes=11, in_channels=3, width=1.0):
     super().__init__(in_channels, width)
-    for _, block in SEGNET_DECODER:
-      for name, cin, cout in block:
-        setattr(self, name, CBR(scaled(cin, width), scaled(cout, width)))
+    self.add_decoder(SEGNET_DECODER, width)
     self.score_fr = nn.Conv2d(scaled(64, width), num_classes, 3, 1, 1)
-    self.unpool = nn.MaxUnpool2d(2, 2)
 
   def forward(self, x):
     x, saved = self.encode(x)
-    for stage, block in SEGNET_DECODER:
-      idx, size = saved[stage - 1]
-      x = self.unpool(x, idx, output_size=size)
-      for name, _, _ in block:
-        x = getattr(self, name)(x)
-    return self.score_fr(x)
+    return self.score_fr(self.decode(x, saved, SEGNET_DECODER))
 
 
 class SegNetBasic(nn.Module):
