@@ -24,7 +24,7 @@ Reference: Long et al. (FCN, CVPR 2015) and Chen et al. (DeepLabv3, 2017) as
 reimplemented in torchvision (PASCAL VOC-subset-of-COCO weights: FCN-R50 60.5,
 DeepLabv3-R50 66.4 mIoU per torchvision's model card).
 
-Auxiliary output convention (used by train.train_lib): `apply(..., train=False)`
+Auxiliary output convention (used by train.steps): `apply(..., train=False)`
 always returns the logits array. With `aux=True`, `apply(..., train=True)`
 returns a dict `{'out': logits, 'aux': aux_logits}` (both at input
 resolution, float32); the train loop adds `config.train.aux_loss_weight` times
