@@ -214,7 +214,9 @@ def transpose_overlap_add(x: Array, kernel: Array, strides, padding, output_padd
   (sh, sw), (ph, pw), (oph, opw) = strides, padding, output_padding
   n, h, w, _ = x.shape
   mh, mw = -(-kh // sh), -(-kw // sw)
-  kp = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
+  kp = kernel
+  if (mh * sh, mw * sw) != (kh, kw):
+    kp = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
   # `matmul_nt` reads the kernel as stored: DeconvNet's fc6_deconv (2 pixels,
   # 411 MB kernel) as matrix-vector products, 632 -> 27.5 ms.
   cols = gemm.matmul_nt(x.reshape(n * h * w, cin), kp.reshape(-1, cin))
@@ -232,5 +234,6 @@ def transpose_overlap_add(x: Array, kernel: Array, strides, padding, output_padd
   out_h, out_w = (h - 1) * sh + kh - 2 * ph + oph, (w - 1) * sw + kw - 2 * pw + opw
   # output_padding may extend past the last tap: zeros there, as in PyTorch.
   more_h, more_w = max(0, ph + out_h - out.shape[1]), max(0, pw + out_w - out.shape[2])
-  out = jnp.pad(out, ((0, 0), (0, more_h), (0, more_w), (0, 0)))
+  if more_h or more_w:
+    out = jnp.pad(out, ((0, 0), (0, more_h), (0, more_w), (0, 0)))
   return out[:, ph : ph + out_h, pw : pw + out_w, :]
