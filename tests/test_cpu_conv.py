@@ -355,18 +355,24 @@ def test_lowering_used_only_where_asked(monkeypatch):
 
 
 def test_apply_with_engine_equals_model_apply():
-  """A whole network (the padded U-Net: 3x3 convs from 3 to 128 channels on maps down to
-  2x2, 2x2 transposed convs, BatchNorm) through the engine: outputs and every parameter
-  gradient equal `model.apply`'s."""
-  model = jaxseg.create_model('unet_padded', num_classes=3, in_channels=3, features=8)
-  x = jax.random.normal(jax.random.key(0), (1, 32, 40, 3))
+  """A whole network through the engine (the padded U-Net: 3x3 convs from 3 to 64 channels,
+  small maps at the bottom, 2x2 transposed convs, 1x1 classifier, BatchNorm): outputs and
+  every parameter gradient equal `model.apply`'s."""
+  model = jaxseg.create_model('unet_padded', num_classes=3, in_channels=3, features=8, depth=3)
+  x = jax.random.normal(jax.random.key(0), (1, 24, 40, 3))
   v = model.init(jax.random.key(1), x, train=False)
   rest = {k: c for k, c in v.items() if k != 'params'}
 
   @functools.partial(jax.jit, static_argnums=0)
   def run(apply, params, x):
     def loss(params):
-      out = apply({'params': params, **rest}, x, train=True, mutable=list(rest))
+      out = apply(
+        {'params': params, **rest},
+        x,
+        train=True,
+        mutable=list(rest),
+        rngs={'dropout': jax.random.key(3)},
+      )
       out = out[0] if rest else out
       return jnp.sum(jnp.sin(out)), out
 
@@ -374,8 +380,11 @@ def test_apply_with_engine_equals_model_apply():
 
   (g, y), (g0, y0) = run(layers.Apply(model, CPU), v['params'], x), run(model.apply, v['params'], x)
   assert _rel(y, y0) < 1e-5
+  # Relative to the largest gradient: a bias followed by BatchNorm has an exactly-zero
+  # gradient, which both lowerings give as rounding noise.
+  scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g0))
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g0), strict=True):
-    assert _rel(a, b) < 1e-4
+    assert float(jnp.max(jnp.abs(a - b))) < 1e-5 * scale
 
 
 def test_apply_is_a_value():
