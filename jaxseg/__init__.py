@@ -19,3 +19,34 @@ __all__ = [
   'weights',
 ]
 __version__ = '0.1.0'
+
+# Subpackages imported on first attribute access (`jaxseg.data.load_source`), so that
+# `import jaxseg` stays fast and does not pull in TFDS, grain or orbax.
+_LAZY = (
+  'backbones',
+  'benchmarks',
+  'cli',
+  'configs',
+  'crf',
+  'data',
+  'heads',
+  'inference',
+  'models',
+  'ops',
+  'registry',
+  'train',
+)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+
+    module = importlib.import_module(f'{__name__}.{name}')
+    globals()[name] = module
+    return module
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))

@@ -1,4 +1,4 @@
-"""Smoke run of `python -m benchmarks.run` on a tiny FCN (the script, its JSON and table)."""
+"""Smoke run of `python -m jaxseg.benchmarks.run` on a tiny FCN (the script, its JSON and table)."""
 
 import json
 import os
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_benchmark_script_tiny_model(tmp_path):
   out = tmp_path / 'bench.json'
   cmd = [
-    sys.executable, '-m', 'benchmarks.run', '--models', 'fcn32s', '--model-kwargs', '{"width": 0.0625}',
+    sys.executable, '-m', 'jaxseg.benchmarks.run', '--models', 'fcn32s', '--model-kwargs', '{"width": 0.0625}',
     '--batch', '1', '--size', '20x27', '--reps', '2', '--gemm-size', '64', '--json', str(out),
   ]  # fmt: skip
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -34,7 +34,7 @@ def test_benchmark_script_tiny_model(tmp_path):
 
 
 def test_unknown_model_is_rejected():
-  from benchmarks import run
+  from jaxseg.benchmarks import run
 
   with pytest.raises(SystemExit, match='unknown model'):
     run.main(['--models', 'no_such_model', '--no-torch'])
@@ -42,7 +42,7 @@ def test_unknown_model_is_rejected():
 
 def test_conv_census_records_every_convolution(torch_module):
   """The census sees each Conv2d call of a tiny FCN-32s once, with its real shapes, and times both sides."""
-  from benchmarks import conv_census
+  from jaxseg.benchmarks import conv_census
 
   rows = conv_census.census(
     'fcn32s', 1, (20, 27), 21, train=True, reps=1, model_kwargs={'width': 0.0625}

@@ -1,20 +1,14 @@
 """Every config file loads, its variants load, and the names it uses resolve (model registry, schema)."""
 
-import glob
 import importlib
-import os
 
 import pytest
 
 import jaxseg
-from configs import common
+from jaxseg import configs
+from jaxseg.configs import common
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(
-  os.path.splitext(os.path.basename(p))[0]
-  for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-  if not os.path.basename(p).startswith('_') and os.path.basename(p) != 'common.py'
-)
+CONFIG_FILES = configs.list_recipes()
 
 
 # Free-form dicts: model constructor arguments and XLA:CPU compile options.
@@ -42,8 +36,8 @@ def test_every_registered_model_has_a_config_named_after_it():
 @pytest.mark.parametrize('name', CONFIG_FILES)
 @pytest.mark.parametrize('variant', ['', 'smoke'])
 def test_config_loads_and_resolves(name, variant):
-  module = importlib.import_module(f'configs.{name}')
-  assert module.__doc__ and 'python -m train.main' in module.__doc__, (
+  module = importlib.import_module(f'jaxseg.configs.{name}')
+  assert module.__doc__ and f'jaxseg train --config {name}' in module.__doc__, (
     f'configs/{name}.py docstring must give the run command'
   )
   c = module.get_config(variant)
@@ -65,7 +59,7 @@ def test_config_loads_and_resolves(name, variant):
 
 
 def test_unknown_variant_is_refused():
-  from configs import fcn8s
+  from jaxseg.configs import fcn8s
 
   with pytest.raises(ValueError, match="unknown variant 'big'"):
     fcn8s.get_config('big')

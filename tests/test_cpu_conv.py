@@ -484,7 +484,7 @@ def test_compiler_options(monkeypatch):
 
 def test_recipe_compile_options_compile_the_same_function():
   """FC-DenseNet-103's recipe option is accepted by this XLA and changes no result."""
-  from configs import fc_densenet103
+  from jaxseg.configs import fc_densenet103
 
   options = dict(fc_densenet103.get_config().train.xla_cpu_compiler_options)
   assert options == {'xla_cpu_use_fusion_emitters': False}
@@ -503,7 +503,7 @@ def test_import_changes_nothing_global():
   code = (
     'import os, jax\n'
     'env, cfg = dict(os.environ), dict(jax.config.values)\n'
-    'import jaxseg, jaxseg.cpu_conv, train.main\n'
+    'import jaxseg, jaxseg.cpu_conv, jaxseg.train.main, jaxseg.cli\n'
     'assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())\n'
     'assert dict(jax.config.values) == cfg\n'
     'print("unchanged")\n'

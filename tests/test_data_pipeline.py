@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from configs.common import base_config
 from jaxseg import data
+from jaxseg.configs.common import base_config
 from jaxseg.data import synthetic
 
 SIZE = 16

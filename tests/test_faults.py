@@ -36,7 +36,7 @@ WARM_TIMEOUT = 150
 
 CONFIG = textwrap.dedent(
   f"""
-  from configs import quickstart
+  from jaxseg.configs import quickstart
 
 
   def get_config(variant=''):
@@ -149,7 +149,7 @@ def incomplete_dirs(workdir) -> list[str]:
 
 
 def load_variables(workdir):
-  from train import evaluation
+  from jaxseg.train import evaluation
 
   _, _, variables = evaluation.load_trained(str(workdir))
   return jax.device_get(variables)
@@ -265,7 +265,7 @@ def test_incomplete_checkpoint_directory_is_skipped_with_a_warning(env, referenc
 
 
 def test_set_aside_incomplete_steps_keeps_complete_ones(tmp_path):
-  from train import checkpointing
+  from jaxseg.train import checkpointing
 
   d = tmp_path / 'checkpoints'
   required = checkpointing.REQUIRED_FILES
@@ -345,7 +345,7 @@ def test_unwritable_workdir_fails_before_training(env, tmp_path):
 
 
 def test_check_workdir_messages(tmp_path):
-  from train import checkpointing
+  from jaxseg.train import checkpointing
 
   checkpointing.check_workdir(str(tmp_path / 'new' / 'dir'))  # created
   assert os.path.isdir(tmp_path / 'new' / 'dir') and not os.listdir(tmp_path / 'new' / 'dir')

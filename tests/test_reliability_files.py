@@ -126,8 +126,8 @@ def test_unknown_weights_format_is_refused(tmp_path):
 
 def test_config_split_names_cannot_steer_prediction_files_out_of_the_workdir(tmp_path):
   """After training, predictions are named after config.dataset.eval_split; a path in it must not escape."""
-  from configs import quickstart
-  from train import predict
+  from jaxseg.configs import quickstart
+  from jaxseg.train import predict
 
   config = quickstart.get_config('smoke')
   workdir = tmp_path / 'work'
@@ -141,7 +141,7 @@ def test_config_split_names_cannot_steer_prediction_files_out_of_the_workdir(tmp
 
 
 def test_prediction_names_cannot_leave_the_output_directory(tmp_path):
-  from train import predict
+  from jaxseg.train import predict
 
   out = tmp_path / 'preds'
   image = np.zeros((4, 5, 3), np.uint8)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common, fcn8s
-from train import checkpointing, optim, steps, train_lib
+from jaxseg.configs import common, fcn8s
+from jaxseg.train import checkpointing, optim, steps, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -180,7 +180,7 @@ def test_every_log_step_and_checkpoint_step_has_a_metrics_record(tmp_path):
   """Metrics are read every log_every steps, at checkpoint steps and at the last step, each
   time with a record in metrics.jsonl (a log step that is also a checkpoint step included);
   evaluation runs every eval_every steps whether or not metrics are read there."""
-  from configs import quickstart
+  from jaxseg.configs import quickstart
 
   config = quickstart.get_config('smoke')
   config.dataset.synthetic_size = 16
@@ -321,7 +321,7 @@ def test_eval_and_predict_clis(trained, tmp_path):
 
 def test_eval_multiscale_flip_window_crf(trained):
   """The inference options run through the same whole-split evaluation and stay close to single-scale."""
-  from train import eval as eval_lib
+  from jaxseg.train import eval as eval_lib
 
   workdir, summary = trained
   base = eval_lib.evaluate_checkpoint(workdir, progress=False)

@@ -165,7 +165,7 @@ def test_transforms_reject_bad_images_and_masks():
 
 
 def _smoke_config():
-  from configs import quickstart
+  from jaxseg.configs import quickstart
 
   return quickstart.get_config('smoke')
 
@@ -195,7 +195,7 @@ def test_pipeline_rejects_empty_splits_and_bad_configs():
 
 
 def test_evaluating_an_empty_split_is_an_error():
-  from train import train_lib
+  from jaxseg.train import train_lib
 
   with pytest.raises(ValueError, match='the evaluation split is empty'):
     train_lib.evaluate(parallel=None, state=None, eval_iter=iter(()), num_classes=3, progress=False)
@@ -204,7 +204,7 @@ def test_evaluating_an_empty_split_is_an_error():
 def test_prediction_inputs_skip_non_images_and_name_unreadable_files(tmp_path):
   from PIL import Image
 
-  from train import predict
+  from jaxseg.train import predict
 
   folder = tmp_path / 'images'
   folder.mkdir()
@@ -269,7 +269,7 @@ def test_convert_cli_rejects_bad_arguments(tmp_path):
 
 
 def test_predict_with_a_missing_checkpoint_names_the_directory(tmp_path):
-  from train import checkpointing
+  from jaxseg.train import checkpointing
 
   with pytest.raises(
     FileNotFoundError, match=r'no complete checkpoint found in .*nowhere.*train first'

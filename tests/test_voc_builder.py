@@ -10,8 +10,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from configs.common import base_config
 from jaxseg import data
+from jaxseg.configs.common import base_config
 from jaxseg.data import palette, prepare, voc
 
 

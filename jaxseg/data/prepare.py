@@ -44,9 +44,9 @@ def prepare_voc(config_name: str, manual_dir: str, data_dir: str | None, *, prog
   return builder
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog=None) -> int:
   p = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   p.add_argument('--dataset', required=True, choices=['voc'])
   p.add_argument('--config', default='2012_aug', choices=['2012', '2012_aug'])
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
   print(f'prepared in {builder.data_dir}')
   return 0
 
+
+run = main  # `jaxseg prepare`
 
 if __name__ == '__main__':
   sys.exit(main())

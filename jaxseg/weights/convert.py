@@ -31,10 +31,8 @@ from jaxseg.weights.core import build, from_torch, get_layout, load_state_dict
 from jaxseg.weights.pretrained import load_pretrained, save_checkpoint
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-    prog='python -m jaxseg.weights.convert', description=__doc__.split('\n\n')[0]
-  )
+def parse_args(argv=None, prog=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
   p.add_argument(
     '--model', required=True, help='registered model or backbone name (e.g. fcn8s, vgg16)'
   )
@@ -99,8 +97,8 @@ def convert_checkpoint(
   return directory, '\n'.join(s for s in (f'{head}, {n:,} parameters', summary) if s)
 
 
-def main(argv=None) -> int:
-  args = parse_args(argv)
+def main(argv=None, prog=None) -> int:
+  args = parse_args(argv, prog)
   try:
     kwargs = json.loads(args.model_kwargs)
   except json.JSONDecodeError as e:
@@ -119,6 +117,8 @@ def main(argv=None) -> int:
   print(summary)
   return 0
 
+
+run = main  # `jaxseg convert`
 
 if __name__ == '__main__':
   sys.exit(main())

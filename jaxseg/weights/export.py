@@ -50,10 +50,8 @@ def export_checkpoint(checkpoint: str, output: str) -> dict[str, np.ndarray]:
   return sd
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(
-    prog='python -m jaxseg.weights.export', description=__doc__.split('\n\n')[0]
-  )
+def main(argv=None, prog=None) -> int:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
   p.add_argument('--checkpoint', required=True, help='jaxseg checkpoint directory')
   p.add_argument('--output', required=True, help='FILE.safetensors (or .npz)')
   args = p.parse_args(argv)
@@ -63,6 +61,8 @@ def main(argv=None) -> int:
   )
   return 0
 
+
+run = main  # `jaxseg export`
 
 if __name__ == '__main__':
   sys.exit(main())

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import common
 from jaxseg import layers
-from train import steps
+from jaxseg.configs import common
+from jaxseg.train import steps
 
 
 class TinyBNNet(nn.Module):

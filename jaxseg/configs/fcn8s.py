@@ -1,7 +1,7 @@
 """FCN-8s on PASCAL VOC 2012 (Long, Shelhamer & Darrell, CVPR 2015).
 
-Run:    python -m train.main --config configs/fcn8s.py --workdir runs/fcn8s
-Smoke:  python -m train.main --config configs/fcn8s.py:smoke --workdir /tmp/fcn8s_smoke
+Run:    jaxseg train --config fcn8s --workdir runs/fcn8s
+Smoke:  jaxseg train --config fcn8s:smoke --workdir /tmp/fcn8s_smoke
 
 Paper recipe: VGG-16 initialised from ImageNet, SGD momentum 0.99, lr 1e-4 (the
 "heavy learning" fixed-lr recipe with unnormalised loss, batch 1 in Caffe;
@@ -13,7 +13,7 @@ Needs the prepared VOC dataset (see README, "Datasets"); pretrained VGG-16
 weights via `--config.model.backbone_weights=/path/vgg16-397923af.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

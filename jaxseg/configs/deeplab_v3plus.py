@@ -1,7 +1,7 @@
 """DeepLabv3+ on PASCAL VOC 2012 (Chen et al., "Encoder-Decoder with Atrous Separable Convolution", ECCV 2018).
 
-Run:    python -m train.main --config configs/deeplab_v3plus.py --workdir runs/deeplab_v3plus
-Smoke:  python -m train.main --config configs/deeplab_v3plus.py:smoke --workdir /tmp/deeplab_v3plus_smoke
+Run:    jaxseg train --config deeplab_v3plus --workdir runs/deeplab_v3plus
+Smoke:  jaxseg train --config deeplab_v3plus:smoke --workdir /tmp/deeplab_v3plus_smoke
 
 Recipe: modified aligned Xception-65 encoder at output stride 16, separable
 ASPP (rates 6/12/18 + image pooling) and decoder, "poly" learning rate 0.007
@@ -19,7 +19,7 @@ torchvision Xception). Weights trained with that implementation compute as
 there only with `c.model.kwargs.backbone_kwargs = {'variant': 'jfzhang95'}`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

@@ -1,7 +1,7 @@
 """DeepLab-LargeFOV (DeepLab v1) on PASCAL VOC 2012 (Chen et al., ICLR 2015).
 
-Run:    python -m train.main --config configs/deeplab_v1.py --workdir runs/deeplab_v1
-Smoke:  python -m train.main --config configs/deeplab_v1.py:smoke --workdir /tmp/deeplab_v1_smoke
+Run:    jaxseg train --config deeplab_v1 --workdir runs/deeplab_v1
+Smoke:  jaxseg train --config deeplab_v1:smoke --workdir /tmp/deeplab_v1_smoke
 CRF:    `:crf` evaluates with the dense CRF (jaxseg.crf; DeepLab v1's LargeFOV
         parameters are `jaxseg.crf.DEEPLAB_V1`).
 
@@ -15,7 +15,7 @@ Paper result: 62.25 mIoU on VOC 2012 val, 67.64 with the fully connected CRF.
 Pretrained VGG-16 via `--config.model.backbone_weights=/path/vgg16-397923af.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

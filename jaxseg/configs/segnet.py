@@ -1,8 +1,8 @@
 """SegNet (Badrinarayanan, Kendall & Cipolla, TPAMI 2017).
 
-Run:    python -m train.main --config configs/segnet.py --workdir runs/segnet
-CamVid: python -m train.main --config configs/segnet.py:camvid --workdir runs/segnet_camvid
-Smoke:  python -m train.main --config configs/segnet.py:smoke --workdir /tmp/segnet_smoke
+Run:    jaxseg train --config segnet --workdir runs/segnet
+CamVid: jaxseg train --config segnet:camvid --workdir runs/segnet_camvid
+Smoke:  jaxseg train --config segnet:smoke --workdir /tmp/segnet_smoke
 
 Paper recipe (CamVid, 11 classes, 360x480): VGG16 encoder initialised from
 ImageNet, SGD with fixed learning rate 0.1 and momentum 0.9, mini-batches of
@@ -21,7 +21,7 @@ from the training label masks with `camvid_class_weights(masks)` (which uses
 weighting path (weights from generated masks) on the generated dataset.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 CAMVID_CLASSES = (
   'sky',

@@ -40,7 +40,7 @@ import optax
 
 import jaxseg
 from jaxseg import cpu_conv, layers
-from train.steps import CompileCounter
+from jaxseg.train.steps import CompileCounter
 
 # Per-model defaults: (batch, (H, W), num_classes). Models not listed get FALLBACK.
 DEFAULTS: dict[str, tuple[int, tuple[int, int], int]] = {
@@ -191,7 +191,7 @@ def recipe_compiler_options(name: str) -> dict[str, Any] | None:
   import importlib
 
   try:
-    config = importlib.import_module(f'configs.{name}').get_config()
+    config = importlib.import_module(f'jaxseg.configs.{name}').get_config()
   except ModuleNotFoundError:
     return None
   return dict(config.train.get('xla_cpu_compiler_options', None) or {}) or None
@@ -331,7 +331,7 @@ def bench_torch(
   name: str, batch: int, spec_shape, main_shape, num_classes: int
 ) -> tuple[dict[str, Any], Callable[[], Any], Callable[[], Any]] | None:
   """The PyTorch counterpart of `name`, warmed up: (figures, train step, inference step), or None."""
-  from benchmarks import torch_models
+  from jaxseg.benchmarks import torch_models
 
   built = torch_models.build(name, num_classes)
   if built is None:
@@ -549,7 +549,7 @@ def run_pipeline(args) -> dict[str, Any]:
     from jaxseg import data
   except ImportError as e:
     raise SystemExit(f'--pipeline needs jaxseg.data: {e}') from e
-  from configs.common import base_config
+  from jaxseg.configs.common import base_config
 
   config = base_config()
   config.dataset.name = args.pipeline_dataset
@@ -583,8 +583,8 @@ def run_pipeline(args) -> dict[str, Any]:
   return result
 
 
-def main(argv=None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv=None, prog=None) -> dict[str, Any]:
+  parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n')[0])
   parser.add_argument(
     '--models', default='', help='comma-separated registry names (default: all registered)'
   )
@@ -613,6 +613,12 @@ def main(argv=None) -> dict[str, Any]:
     with open(args.json, 'w') as f:
       json.dump(report, f, indent=1, default=str)
   return report
+
+
+def run(argv=None, prog=None) -> int:
+  """`jaxseg benchmark`: prints the table (and writes --json); exit status 0."""
+  main(argv, prog)
+  return 0
 
 
 if __name__ == '__main__':

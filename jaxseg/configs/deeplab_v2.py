@@ -1,7 +1,7 @@
 """DeepLab v2, ResNet-101 + ASPP-L, on PASCAL VOC 2012 (Chen et al., TPAMI 2017).
 
-Run:    python -m train.main --config configs/deeplab_v2.py --workdir runs/deeplab_v2
-Smoke:  python -m train.main --config configs/deeplab_v2.py:smoke --workdir /tmp/deeplab_v2_smoke
+Run:    jaxseg train --config deeplab_v2 --workdir runs/deeplab_v2
+Smoke:  jaxseg train --config deeplab_v2:smoke --workdir /tmp/deeplab_v2_smoke
 CRF:    `:crf` evaluates with the dense CRF (`jaxseg.crf.DEEPLAB_V2` parameters).
 
 Paper recipe: ImageNet ResNet-101, SGD momentum 0.9, weight decay 5e-4, base lr
@@ -14,7 +14,7 @@ model also uses multi-scale inputs and MS-COCO pretraining).
 Pretrained ResNet-101 via `--config.model.backbone_weights=/path/resnet101-63fe2227.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

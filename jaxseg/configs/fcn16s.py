@@ -1,12 +1,12 @@
 """FCN-16s on PASCAL VOC 2012: the FCN-8s recipe (configs/fcn8s.py) with the 16x head.
 
-Run:    python -m train.main --config configs/fcn16s.py --workdir runs/fcn16s
-Smoke:  python -m train.main --config configs/fcn16s.py:smoke --workdir /tmp/fcn16s_smoke
+Run:    jaxseg train --config fcn16s --workdir runs/fcn16s
+Smoke:  jaxseg train --config fcn16s:smoke --workdir /tmp/fcn16s_smoke
 
 Paper result: reference FCN-16s 65.0 mIoU on seg11valid (Long et al. 2015, Table 2 / reference models).
 """
 
-from configs import fcn8s
+from jaxseg.configs import fcn8s
 
 
 def get_config(variant: str = ''):

@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from train import logging_lib
+from jaxseg.train import logging_lib
 
 MIN_FREE_BYTES = 64 << 20
 

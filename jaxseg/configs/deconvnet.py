@@ -1,7 +1,7 @@
 """DeconvNet (Noh, Hong & Han, ICCV 2015) on PASCAL VOC 2012.
 
-Run:    python -m train.main --config configs/deconvnet.py --workdir runs/deconvnet
-Smoke:  python -m train.main --config configs/deconvnet.py:smoke --workdir /tmp/deconvnet_smoke
+Run:    jaxseg train --config deconvnet --workdir runs/deconvnet
+Smoke:  jaxseg train --config deconvnet:smoke --workdir /tmp/deconvnet_smoke
 
 Paper recipe: VGG16 convolution layers initialised from ImageNet, the rest
 from zero-mean Gaussians; BatchNorm after every convolution and deconvolution;
@@ -17,7 +17,7 @@ Paper result (VOC 2012 test): DeconvNet 69.6; EDeconvNet (ensemble with FCN-8s)
 Pretrained VGG16-BN weights: `--config.model.backbone_weights=/path/vgg16_bn.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

@@ -1,7 +1,7 @@
 """Quickstart: a small U-Net on the embedded generated dataset (no download, laptop CPU, about 2 minutes).
 
-Run:    python -m train.main --config configs/quickstart.py --workdir runs/quickstart
-Smoke:  python -m train.main --config configs/quickstart.py:smoke --workdir /tmp/quickstart_smoke
+Run:    jaxseg train --config quickstart --workdir runs/quickstart
+Smoke:  jaxseg train --config quickstart:smoke --workdir /tmp/quickstart_smoke
 
 The dataset (jaxseg/data/synthetic.py) draws textured backgrounds with shape
 classes that occlude each other, with 255 'void' edges as in VOC. The model is
@@ -13,7 +13,7 @@ WORKDIR/checkpoints, metrics to WORKDIR/metrics.jsonl and TensorBoard files,
 and colour-palette predictions to WORKDIR/predictions/.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

@@ -1,7 +1,7 @@
 """DeepLabv3 on PASCAL VOC 2012 (Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017).
 
-Run:    python -m train.main --config configs/deeplab_v3.py --workdir runs/deeplab_v3
-Smoke:  python -m train.main --config configs/deeplab_v3.py:smoke --workdir /tmp/deeplab_v3_smoke
+Run:    jaxseg train --config deeplab_v3 --workdir runs/deeplab_v3
+Smoke:  jaxseg train --config deeplab_v3:smoke --workdir /tmp/deeplab_v3_smoke
 
 Paper recipe (Sec. 4): ResNet-101 pretrained on ImageNet, output stride 16 with
 multi-grid (1, 2, 4) and ASPP rates 6/12/18 + image pooling, "poly" learning
@@ -14,7 +14,7 @@ weights via `--config.model.backbone_weights=/path/resnet101-63fe2227.pth`
 (torchvision's file; the layout is `jaxseg.weights` 'resnet101').
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

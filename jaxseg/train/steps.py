@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxseg
 from jaxseg import cpu_conv, layers, losses, metrics, ops
-from train import optim
+from jaxseg.train import optim
 
 Array = jax.Array
 

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxseg
-from benchmarks import run
 from jaxseg import cpu_conv, layers
+from jaxseg.benchmarks import run
 from jaxseg.cpu_conv import plan
 
 

@@ -1,7 +1,7 @@
 """Hypercolumns (Hariharan et al., CVPR 2015) as a semantic segmentation network on PASCAL VOC 2012.
 
-Run:    python -m train.main --config configs/hypercolumn.py --workdir runs/hypercolumn
-Smoke:  python -m train.main --config configs/hypercolumn.py:smoke --workdir /tmp/hypercolumn_smoke
+Run:    jaxseg train --config hypercolumn --workdir runs/hypercolumn
+Smoke:  jaxseg train --config hypercolumn:smoke --workdir /tmp/hypercolumn_smoke
 
 Paper recipe: R-CNN's VGG16 (ImageNet, fine-tuned for detection), hypercolumns
 from pool2, conv4_3 and fc7 of detection boxes warped to 224x224, per-pixel
@@ -13,7 +13,7 @@ this recipe classifies every pixel of whole 320x320 crops.
 Pretrained VGG16 weights: `--config.model.backbone_weights=/path/vgg16-397923af.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

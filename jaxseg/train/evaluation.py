@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from jaxseg import metrics, ops
-from train import checkpointing, logging_lib, steps
+from jaxseg.train import checkpointing, logging_lib, steps
 
 
 def evaluate(

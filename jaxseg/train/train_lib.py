@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 
 from jaxseg import metrics
-from train import checkpointing, logging_lib, steps
-from train.evaluation import evaluate, format_iou_table, log_eval_image
+from jaxseg.train import checkpointing, logging_lib, steps
+from jaxseg.train.evaluation import evaluate, format_iou_table, log_eval_image
 
 
 class NonFiniteLossError(FloatingPointError):

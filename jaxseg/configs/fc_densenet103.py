@@ -1,7 +1,7 @@
 """FC-DenseNet103, "The One Hundred Layers Tiramisu" (Jegou et al., CVPRW 2017).
 
-Run:    python -m train.main --config configs/fc_densenet103.py --workdir runs/fc_densenet103
-Smoke:  python -m train.main --config configs/fc_densenet103.py:smoke --workdir /tmp/fc_densenet103_smoke
+Run:    jaxseg train --config fc_densenet103 --workdir runs/fc_densenet103
+Smoke:  jaxseg train --config fc_densenet103:smoke --workdir /tmp/fc_densenet103_smoke
 
 Paper recipe (CamVid, 11 classes, 360x480): trained from scratch, HeUniform
 initialisation, RMSprop with lr 1e-3 decayed by 0.995 after each epoch, weight
@@ -15,7 +15,7 @@ VOC 2012 (+SBD) with the paper's optimiser (optax RMSprop is not in the config
 schema, so Adam with the same learning rate and decay stands in).
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

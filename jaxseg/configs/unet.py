@@ -1,7 +1,7 @@
 """U-Net (Ronneberger, Fischer & Brox, MICCAI 2015), the original valid-convolution network.
 
-Run:    python -m train.main --config configs/unet.py --workdir runs/unet
-Smoke:  python -m train.main --config configs/unet.py:smoke --workdir /tmp/unet_smoke
+Run:    jaxseg train --config unet --workdir runs/unet
+Smoke:  jaxseg train --config unet:smoke --workdir /tmp/unet_smoke
 
 Paper recipe: grayscale microscopy tiles of 572x572 (output 388x388), batch of
 one large tile, SGD with momentum 0.99, pixel-wise softmax cross-entropy with
@@ -20,7 +20,7 @@ them with the center crop of the labels of the same size, which is where the
 valid network's outputs sit.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

@@ -1,8 +1,8 @@
 """PSPNet on PASCAL VOC 2012 (Zhao et al., CVPR 2017), recipe of the hszhao/semseg re-implementation.
 
-Run:    python -m train.main --config configs/pspnet.py --workdir runs/pspnet50
-        python -m train.main --config configs/pspnet.py:r101 --workdir runs/pspnet101
-Smoke:  python -m train.main --config configs/pspnet.py:smoke --workdir /tmp/pspnet_smoke
+Run:    jaxseg train --config pspnet --workdir runs/pspnet50
+        jaxseg train --config pspnet:r101 --workdir runs/pspnet101
+Smoke:  jaxseg train --config pspnet:smoke --workdir /tmp/pspnet_smoke
 
 Recipe (semseg config/voc2012/voc2012_pspnet50.yaml): dilated ResNet-50/101 at
 output stride 8, SGD momentum 0.9, weight decay 1e-4, base lr 0.01 (10x on the
@@ -16,7 +16,7 @@ torchvision ImageNet weights keep `deep_stem=False` (the default here).
 Pretrained ResNet via `--config.model.backbone_weights=/path/resnet50-0676ba61.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

@@ -1,7 +1,7 @@
 """DilatedNet (front-end + large context module) on PASCAL VOC 2012 (Yu & Koltun, ICLR 2016).
 
-Run:    python -m train.main --config configs/dilatednet.py --workdir runs/dilatednet
-Smoke:  python -m train.main --config configs/dilatednet.py:smoke --workdir /tmp/dilatednet_smoke
+Run:    jaxseg train --config dilatednet --workdir runs/dilatednet
+Smoke:  jaxseg train --config dilatednet:smoke --workdir /tmp/dilatednet_smoke
 Variants: `:front` (front-end only), `:basic` (basic context module).
 
 Geometry (`model.kwargs.padding`): 'reflect_valid' (default) is the reference
@@ -28,7 +28,7 @@ Paper result (VOC 2012 test): front-end 67.6 mIoU; front-end + large context
 Pretrained VGG-16 via `--config.model.backbone_weights=/path/vgg16-397923af.pth`.
 """
 
-from configs import common
+from jaxseg.configs import common
 
 
 def get_config(variant: str = ''):

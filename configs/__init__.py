@@ -1,1 +1,0 @@
-"""Experiment configs: one `get_config()` per paper recipe (ml_collections)."""

@@ -1,0 +1,1 @@
+"""Training, evaluation and prediction: the library behind `jaxseg train`, `jaxseg eval` and `jaxseg predict`."""

@@ -1,0 +1,178 @@
+"""Writes colour-palette segmentation masks for images.
+
+  python -m train.predict --checkpoint runs/quickstart --input img.jpg_or_dir --output preds/
+
+For each input image: `NAME.png` (palette PNG of class ids, VOC colours, so
+it opens as a class-index image too), `NAME_overlay.png` (image | prediction
+overlay side by side) and, with --probs, `NAME_probs.npy` (H, W, C float16
+softmax probabilities). The model, its class count and the input normalisation
+come from the checkpoint's stored config.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from PIL import Image
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
+
+
+def list_images(path: str) -> list[str]:
+  if os.path.isdir(path):
+    files = sorted(
+      os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not files:
+      raise FileNotFoundError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in directory {path!r}.')
+    return files
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'input {path!r} does not exist.')
+  return [path]
+
+
+def read_image(path: str) -> np.ndarray:
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert('RGB'))
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path!r} is not a readable image: {e}') from e
+
+
+@functools.lru_cache(maxsize=8)
+def _probs_fn(apply_fn, scales: tuple, flip: bool, num_classes: int, compiler_options: tuple):
+  """Jitted fn(variables, images) -> probabilities, one per (hashable) `layers.Apply` and options."""
+  from jaxseg import inference
+
+  def probs(variables, x):
+    if scales == (1.0,) and not flip:
+      logits = apply_fn(variables, x, train=False)
+      return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return inference.predict_probs(
+      lambda v, x: apply_fn(v, x, train=False),
+      variables,
+      x,
+      scales=scales,
+      flip=flip,
+      num_classes=num_classes,
+    )
+
+  return jax.jit(probs, compiler_options=dict(compiler_options) or None)
+
+
+def predict_probs(
+  model, variables, image_uint8: np.ndarray, config, *, scales=(1.0,), flip=False
+) -> np.ndarray:
+  """(H, W, C) softmax probabilities for one uint8 RGB image, at full resolution.
+
+  The model runs with the config's convolution lowering and compile options.
+  """
+  from jaxseg import data as data_lib
+  from jaxseg.train import steps
+
+  x = jnp.asarray(data_lib.normalize(image_uint8, config.dataset.normalize)[None])
+  options = tuple(sorted((steps.compiler_options(config) or {}).items()))
+  probs_fn = _probs_fn(
+    steps.make_apply(config, model),
+    tuple(float(s) for s in scales),
+    bool(flip),
+    int(config.dataset.num_classes),
+    options,
+  )
+  return np.asarray(jax.device_get(probs_fn(variables, x)))[0]
+
+
+def write_prediction(
+  out_dir: str, name: str, image: np.ndarray, probs: np.ndarray, *, save_probs=False
+) -> list[str]:
+  from jaxseg import data as data_lib
+
+  if not name or name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
+    raise ValueError(
+      f'prediction name {name!r} must be a plain file name (no directories): outputs stay in {out_dir!r}.'
+    )
+  os.makedirs(out_dir, exist_ok=True)
+  pred = np.argmax(probs, -1).astype(np.uint8)
+  mask_path = os.path.join(out_dir, f'{name}.png')
+  pal = Image.fromarray(pred, mode='P')
+  pal.putpalette(data_lib.voc_palette().reshape(-1).tolist())
+  tmp = mask_path + '.tmp'
+  pal.save(tmp, format='PNG')
+  os.replace(tmp, mask_path)  # never leave a half-written PNG under the final name
+  from jaxseg import ops
+
+  image = ops.center_crop(image[None], pred.shape)[0]  # the valid U-Net predicts the centre only
+  side = np.concatenate([image, data_lib.overlay(image, pred)], axis=1)
+  overlay_path = os.path.join(out_dir, f'{name}_overlay.png')
+  Image.fromarray(side).save(overlay_path + '.tmp', format='PNG')
+  os.replace(overlay_path + '.tmp', overlay_path)
+  paths = [mask_path, overlay_path]
+  if save_probs:
+    p = os.path.join(out_dir, f'{name}_probs.npy')
+    with open(p + '.tmp', 'wb') as f:
+      np.save(f, probs.astype(np.float16))
+    os.replace(p + '.tmp', p)
+    paths.append(p)
+  return paths
+
+
+def predict_from_config(config, workdir: str, state, model) -> list[str]:
+  """After training: predictions for the first config.predict.num_images eval images into workdir/predictions."""
+  from jaxseg import data as data_lib
+
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  source = data_lib.get_source(config, config.dataset.eval_split)
+  out_dir = os.path.join(workdir, 'predictions')
+  paths = []
+  for i in range(min(int(config.predict.num_images), len(source))):
+    image = np.asarray(source[i]['image'])
+    probs = predict_probs(model, variables, image, config)
+    paths += write_prediction(out_dir, f'{config.dataset.eval_split}_{i:04d}', image, probs)
+  return paths
+
+
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program (so train.eval and train.predict can be imported together)."""
+  flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
+  flags.DEFINE_string('input', None, 'An image file or a directory of images.')
+  flags.DEFINE_string('output', None, 'Output directory.')
+  flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
+  flags.DEFINE_bool('probs', False, 'Also write per-class probabilities (.npy).')
+  flags.DEFINE_list('scales', ['1.0'], 'Inference scales, e.g. 0.75,1.0,1.25.')
+  flags.DEFINE_bool('flip', False, 'Average with the horizontally flipped prediction.')
+  flags.mark_flags_as_required(['checkpoint', 'input', 'output'])
+
+
+def main(argv):
+  del argv
+  from jaxseg import cpu_conv
+
+  cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
+  from jaxseg.train import evaluation
+
+  f = flags.FLAGS
+  config, model, variables = evaluation.load_trained(f.checkpoint, best=f.best)
+  files = list_images(f.input)
+  scales = tuple(float(s) for s in f.scales)
+  for path in files:
+    image = read_image(path)
+    probs = predict_probs(model, variables, image, config, scales=scales, flip=f.flip)
+    name = os.path.splitext(os.path.basename(path))[0]
+    for p in write_prediction(f.output, name, image, probs, save_probs=f.probs):
+      print(p)
+
+
+def run(argv: list[str] | None = None, prog: str = 'jaxseg predict') -> int:
+  from jaxseg import cli
+
+  return cli.run_absl(__name__, define_flags, main, argv, prog)
+
+
+if __name__ == '__main__':
+  sys.exit(run(prog='python -m jaxseg.train.predict'))
