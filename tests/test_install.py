@@ -148,3 +148,23 @@ def test_a_misspelled_recipe_or_config_field_is_one_line(installed, tmp_path):
   assert '--verbosity' not in p.stdout  # the subcommand's own flags, not absl's
   p = _jaxseg(installed, 'trian', cwd=tmp_path)
   assert p.returncode == 2 and "unknown subcommand 'trian'. Did you mean 'train'?" in p.stderr
+
+
+def test_import_is_light_and_subpackages_are_attributes():
+  """`import jaxseg` loads no data/checkpoint stack; jaxseg.data, .ops, ... load on first access."""
+  code = (
+    'import sys, jaxseg\n'
+    "heavy = ('orbax.checkpoint', 'tensorflow_datasets', 'grain', 'torch', 'jaxseg.data')\n"
+    'print(sorted(m for m in heavy if m in sys.modules))\n'
+    "for name in ('ops', 'crf', 'inference', 'weights', 'data', 'configs', 'train'):\n"
+    '  print(name, getattr(jaxseg, name).__name__)\n'
+    'print(callable(jaxseg.data.create_train_iterator), callable(jaxseg.ops.max_unpool))\n'
+  )
+  p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert p.returncode == 0, p.stderr[-2000:]
+  lines = p.stdout.splitlines()
+  assert lines[0] == '[]'
+  assert lines[1:8] == [
+    f'{n} jaxseg.{n}' for n in ('ops', 'crf', 'inference', 'weights', 'data', 'configs', 'train')
+  ]
+  assert lines[8] == 'True True'
