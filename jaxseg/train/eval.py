@@ -1,7 +1,7 @@
 """Evaluates a checkpoint on a whole split: one confusion matrix, per-class IoU table.
 
-  python -m train.eval --checkpoint runs/fcn8s [--config configs/fcn8s.py] \
-      [--scales 0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--sliding_window 513] [--crf] [--split val]
+  jaxseg eval --checkpoint runs/fcn8s [--config fcn8s] [--split val]
+      [--scales 0.5,0.75,1.0,1.25,1.5,1.75] [--flip] [--sliding_window 513] [--crf]
 
 Images are evaluated at full resolution (each batch padded to the split's
 largest size; padded pixels are ignored). Multi-scale + flip averages softmax
@@ -28,7 +28,7 @@ from ml_collections import config_flags
 def define_flags() -> None:
   """CLI flags, defined only when run as a program (so train.eval and train.predict can be imported together)."""
   config_flags.DEFINE_config_file(
-    'config', None, 'Config file; default: the config stored with the checkpoint.'
+    'config', None, 'Recipe name or config file; default: the config stored with the checkpoint.'
   )
   flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
   flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
