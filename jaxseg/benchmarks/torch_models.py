@@ -20,11 +20,20 @@ import os
 import sys
 from typing import Callable
 
-_TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests')
+# The PyTorch references of the parity tests live in a checkout's tests/torch_ref (not installed).
+_TESTS = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'tests'
+)
 
 
 def _ref(module: str):
   """Imports tests/torch_ref/<module>.py (its modules import each other as `torch_ref.*`)."""
+  if not os.path.isdir(os.path.join(_TESTS, 'torch_ref')):
+    raise FileNotFoundError(
+      f'the PyTorch reference of this model is in a jaxseg checkout (tests/torch_ref/{module}.py), '
+      'not in the installed package: run `jaxseg benchmark` from a checkout installed with '
+      "`pip install -e '.[test]'`, or pass --no-torch."
+    )
   if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
   return importlib.import_module(f'torch_ref.{module}')
