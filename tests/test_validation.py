@@ -28,6 +28,7 @@ MODELS = [
   ('fcn8s', {'width': 0.125}, 3),
   ('fcn32s', {'width': 0.125}, 3),
   ('segnet', {}, 3),
+  ('segnet_basic', {'features': 4, 'kernel_size': 3}, 3),
   ('unet_padded', {'features': 4, 'depth': 2}, 3),
 ]
 
@@ -41,16 +42,56 @@ def test_models_reject_bad_images(name, kwargs, channels):
   model = jaxseg.create_model(name, num_classes=5, **kwargs)
   good = jax.ShapeDtypeStruct((1, 32, 32, channels), jnp.float32)
   _init_shape(model, good)  # the valid input traces
-  with pytest.raises(ValueError, match=r'rank 4 \(N, H, W, C\), got shape \(32, 32, 3\)'):
+  with pytest.raises(
+    ValueError,
+    match=rf'rank 4 \(N, H, W, {channels}\), got shape \(32, 32, 3\); .*add a batch axis',
+  ):
     _init_shape(model, jax.ShapeDtypeStruct((32, 32, 3), jnp.float32))
   with pytest.raises(
-    ValueError, match=rf'expects {channels} input channels .*got 1 \(shape \(1, 32, 32, 1\)\)'
+    ValueError, match=rf'expects {channels} input channels .*got shape \(1, 32, 32, 1\)\.'
   ):
     _init_shape(model, jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32))
-  with pytest.raises(ValueError, match=rf'expects {channels} input channels .*got 32'):
+  with pytest.raises(
+    ValueError,
+    match=rf'expects {channels} input channels .*got shape \(1, 3, 32, 32\); it looks like NCHW',
+  ):
     _init_shape(model, jax.ShapeDtypeStruct((1, 3, 32, 32), jnp.float32))  # NCHW by mistake
-  with pytest.raises(TypeError, match='floating-point input .*got dtype uint8'):
+  with pytest.raises(TypeError, match='floating-point input .*got dtype uint8; normalise first'):
     _init_shape(model, jax.ShapeDtypeStruct((1, 32, 32, channels), jnp.uint8))
+
+
+def _refuses_bad_layouts(module, channels, **call_kwargs):
+  """`module` refuses an NCHW batch, a rank-3 batch and uint8 pixels, at init and at apply.
+
+  The check runs before any layer is built, so each refusal costs a trace of one call.
+  """
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  init = lambda x: jax.eval_shape(lambda v: module.init(jax.random.key(0), v, **call_kwargs), x)
+  apply = lambda x: jax.eval_shape(lambda v: module.apply({}, v, **call_kwargs), x)
+  nchw = (
+    rf'NHWC batch \(N, H, W, {channels}\), got shape \(1, {channels}, 64, 64\); '
+    r'it looks like NCHW: transpose with x\.transpose\(0, 2, 3, 1\)'
+  )
+  for run in (init, apply):
+    with pytest.raises(ValueError, match=nchw):
+      run(f32(1, channels, 64, 64))
+    with pytest.raises(
+      ValueError, match=rf'rank 4 \(N, H, W, {channels}\), got shape \(64, 64, {channels}\)'
+    ):
+      run(f32(64, 64, channels))
+  with pytest.raises(TypeError, match='got dtype uint8; normalise first'):
+    init(jax.ShapeDtypeStruct((1, 64, 64, channels), jnp.uint8))
+
+
+@pytest.mark.parametrize('name', jaxseg.list_models())
+def test_every_model_validates_its_input(name):
+  model = jaxseg.create_model(name, num_classes=2)
+  _refuses_bad_layouts(model, getattr(model, 'in_channels', 3), train=False)
+
+
+@pytest.mark.parametrize('name', jaxseg.list_backbones())
+def test_every_backbone_validates_its_input(name):
+  _refuses_bad_layouts(jaxseg.create_backbone(name), 3, train=False)
 
 
 def test_unknown_model_and_bad_num_classes():

@@ -99,12 +99,15 @@ class PSPNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array | dict[str, Array]:
-    layers.check_image_batch(x, 'PSPNet', channels=3)
-    if min(x.shape[1:3]) < self.min_size():
-      raise ValueError(
-        f'PSPNet needs H and W >= {self.min_size()} so that the stride-8 feature map holds the '
-        f'{max(BINS)}x{max(BINS)} pyramid bins, got {tuple(x.shape[1:3])}.'
-      )
+    layers.check_image_batch(
+      x,
+      'PSPNet',
+      channels=3,
+      min_size=self.min_size(),
+      min_size_reason=(
+        f' so that the stride-8 feature map holds the {max(BINS)}x{max(BINS)} pyramid bins'
+      ),
+    )
     size = x.shape[1:3]
     feats = build_backbone(self.backbone_spec(), dtype=self.dtype)(x, train=train)
     head = dict(dropout=self.dropout, channel_dropout=True, train=train, dtype=self.dtype)

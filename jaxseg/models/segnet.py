@@ -112,7 +112,7 @@ class SegNetBasic(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    layers.check_image_batch(x, 'SegNet-Basic')
+    layers.check_image_batch(x, 'SegNet-Basic', channels=3)
     conv = dict(
       kernel_size=self.kernel_size, padding=self.kernel_size // 2, use_bias=False, dtype=self.dtype
     )
