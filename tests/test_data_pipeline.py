@@ -181,3 +181,11 @@ def test_bad_configs():
     data.create_train_iterator(_config(name='cityscapes'), seed=0)
   with pytest.raises(ValueError, match='normalize mode'):
     data.create_train_iterator(_config(normalize='torch'), seed=0)
+
+
+def test_examples_are_named_by_split_and_index():
+  source = data.get_source(_config(), 'val')
+  assert [source.example_id(i) for i in range(len(source))] == [f'val_0000{i}' for i in range(5)]
+  assert synthetic.example_id('train', 12345) == 'train_12345'
+  with pytest.raises(IndexError, match='out of range'):
+    source.example_id(5)

@@ -11,6 +11,7 @@ import scipy.io
 from PIL import Image
 
 from jaxseg import data
+from jaxseg.configs import common
 from jaxseg.configs.common import base_config
 from jaxseg.data import palette, prepare, voc
 
@@ -121,17 +122,28 @@ def _by_name(source):
 
 def test_splits_and_skips(prepared):
   builder, _, _ = prepared
-  assert builder.info.splits['train'].num_examples == 5  # 3 VOC train + 2 SBD-only
+  assert list(builder.info.splits) == ['train_aug', 'val']
+  assert builder.info.splits['train_aug'].num_examples == 5  # 3 VOC train + 2 SBD-only
   assert builder.info.splits['val'].num_examples == 2
-  assert dict(builder.skipped['train']) == {'unreadable': 1, 'size_mismatch': 1}
+  assert dict(builder.skipped['train_aug']) == {'unreadable': 1, 'size_mismatch': 1}
   assert not builder.skipped.get('val')
 
 
 def test_records_roundtrip_masks_and_void(prepared):
   _, out, masks = prepared
-  train = voc.load_source('2012_aug', 'train', str(out))
+  train = voc.load_source('2012_aug', 'train_aug', str(out))
   val = voc.load_source('2012_aug', 'val', str(out))
   recs = _by_name(train) | _by_name(val)
+  # Examples keep the image-list order and are named by their VOC id.
+  assert [val.example_id(i) for i in range(len(val))] == ['2007_000010', '2007_000020']
+  assert [train.example_id(i) for i in range(len(train))] == [
+    '2007_000001',
+    '2007_000002',
+    '2007_000003',
+    '2008_000100',
+    '2008_000101',
+  ]
+  np.testing.assert_array_equal(val[1]['label'], masks['2007_000020'])
   assert set(recs) == {
     '2007_000001',
     '2007_000002',
@@ -155,12 +167,13 @@ def test_pipeline_reads_prepared_voc(prepared):
   c = base_config()
   c.dataset.name = 'voc'
   c.dataset.config = '2012_aug'
+  c.dataset.train_split = 'train_aug'
   c.dataset.data_dir = str(out)
   c.dataset.crop_size = (32, 32)
   c.train.batch_size = 2
   b = next(data.create_train_iterator(c, seed=0))
   assert b['image'].shape == (2, 32, 32, 3) and b['label'].shape == (2, 32, 32)
-  assert data.num_examples(c, 'train') == 5 and data.num_examples(c) == 2
+  assert data.num_examples(c, 'train_aug') == 5 and data.num_examples(c) == 2
   assert data.dataset_info(c)['class_names'][15] == 'person'
   batches = list(data.create_eval_iterator(c, batch_size=4))
   assert len(batches) == 1 and batches[0]['image'].shape == (4, 500, 500, 3)
@@ -172,13 +185,23 @@ def test_voc_only_config(tree, tmp_path):
   builder = prepare.prepare_voc('2012', str(manual), str(tmp_path), progress=False)
   assert builder.info.splits['train'].num_examples == 3
   assert builder.info.splits['val'].num_examples == 2
+  # A VOC+SBD recipe (train_split 'train_aug') pointed at '2012' names the override to add.
+  c = common.voc_aug(base_config(), (32, 32))
+  c.dataset.config = '2012'
+  c.dataset.data_dir = str(tmp_path)
+  c.train.batch_size = 2
+  with pytest.raises(ValueError, match=r"'train_aug' .* exists only in config '2012_aug'") as e:
+    data.create_train_iterator(c, seed=0)
+  assert 'Add --config.dataset.train_split=train ' in str(e.value)
+  c.dataset.train_split = 'train'
+  assert next(data.create_train_iterator(c, seed=0))['image'].shape == (2, 32, 32, 3)
 
 
 def test_unprepared_dataset_error_names_the_command(tmp_path):
   with pytest.raises(
     FileNotFoundError, match='python -m jaxseg.data.prepare --dataset voc --config 2012_aug'
   ):
-    voc.load_source('2012_aug', 'train', str(tmp_path))
+    voc.load_source('2012_aug', 'train_aug', str(tmp_path))
   with pytest.raises(ValueError, match='VOC config must be one of'):
     voc.load_source('2011', 'train', str(tmp_path))
 
@@ -216,6 +239,9 @@ def test_cli_from_official_archives(tree, tmp_path, capsys):
   ]
   assert prepare.main(argv) == 0
   printed = capsys.readouterr().out
-  assert "train: 5 examples, skipped {'unreadable': 1, 'size_mismatch': 1}" in printed
+  # Nothing is downloaded, so nothing may say so.
+  assert 'Preparing voc_segmentation/2012_aug from local files into ' in printed
+  assert 'ownload' not in printed
+  assert "train_aug: 5 examples, skipped {'unreadable': 1, 'size_mismatch': 1}" in printed
   assert 'val: 2 examples' in printed
-  assert len(voc.load_source('2012_aug', 'train', str(out))) == 5
+  assert len(voc.load_source('2012_aug', 'train_aug', str(out))) == 5

@@ -53,7 +53,11 @@ def _synthetic_count(config, split: str) -> int:
 
 
 def get_source(config, split: str):
-  """The random-access source of `split`: records {'image': uint8 HWC, 'label': uint8 HW}."""
+  """The random-access source of `split`: records {'image': uint8 HWC, 'label': uint8 HW}.
+
+  `source.example_id(i)` names example i ('2007_000033' in VOC, 'val_00003' in
+  the generated set); examples come in the split's order.
+  """
   name = config.dataset.name
   if name == 'synthetic':
     return synthetic.SyntheticSegmentation(
@@ -65,7 +69,11 @@ def get_source(config, split: str):
   if name == 'voc':
     from jaxseg.data import voc  # TFDS import is slow; only pay it when needed.
 
-    return voc.load_source(config.dataset.config or '2012_aug', split, config.dataset.data_dir)
+    # The config field that named the split, so a wrong split name gets the exact override to add.
+    field = next((f for f in ('train_split', 'eval_split') if config.dataset[f] == split), None)
+    return voc.load_source(
+      config.dataset.config or '2012_aug', split, config.dataset.data_dir, field=field
+    )
   raise ValueError(f"config.dataset.name must be 'synthetic' or 'voc', got {name!r}.")
 
 

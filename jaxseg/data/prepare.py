@@ -56,6 +56,9 @@ def main(argv=None, prog=None) -> int:
   )
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+  import tensorflow_datasets as tfds
+
+  tfds.disable_progress_bar()  # the per-split bar of prepare_voc shows the progress
   builder = prepare_voc(args.config, args.manual_dir, args.data_dir)
   for split, info in builder.info.splits.items():
     skipped = dict(builder.skipped.get(split, {}))

@@ -142,6 +142,11 @@ def generate_example(
   return {'image': np.clip(np.rint(img), 0, 255).astype(np.uint8), 'label': label}
 
 
+def example_id(split: str, index: int) -> str:
+  """The name of example `index` of `split`, e.g. 'val_00003' (zero-padded so names sort in order)."""
+  return f'{split}_{int(index):05d}'
+
+
 class SyntheticSegmentation:
   """grain RandomAccessDataSource over the generated examples of one split.
 
@@ -175,6 +180,13 @@ class SyntheticSegmentation:
     return generate_example(
       self.seed, self.split, index, size=self.size, num_classes=self.num_classes
     )
+
+  def example_id(self, index: int) -> str:
+    """The name of example `index`, e.g. 'val_00003'."""
+    index = int(index)
+    if not 0 <= index < self.num_examples:
+      raise IndexError(f'index {index} out of range for {self.num_examples} examples.')
+    return example_id(self.split, index)
 
   @property
   def max_image_size(self) -> tuple[int, int]:

@@ -4,16 +4,18 @@ Everingham et al., "The PASCAL Visual Object Classes Challenge", IJCV 2010;
 Hariharan et al., "Semantic Contours from Inverse Detectors" (SBD), ICCV 2011.
 
 TFDS's own `voc/2012` holds detection boxes only, so jaxseg builds its own:
-  * '2012': train (1,464) and val (1,449) from ImageSets/Segmentation.
-  * '2012_aug': train_aug (10,582 with the full data) = VOC train + SBD train +
-    SBD val minus VOC val, masks from VOC where it has one, else from SBD's
-    `cls/<id>.mat` ('GTcls' -> 'Segmentation'); val = VOC val. The set used by
-    FCN, DeepLab and PSPNet.
+  * '2012': splits train (1,464) and val (1,449) from ImageSets/Segmentation.
+  * '2012_aug': splits train_aug (10,582 with the full data) = VOC train + SBD
+    train + SBD val minus VOC val, masks from VOC where it has one, else from
+    SBD's `cls/<id>.mat` ('GTcls' -> 'Segmentation'); val = VOC val. The set
+    used by FCN, DeepLab and PSPNet.
 
 Masks keep VOC's indices, 255 included (the 'void' band around objects and
 unlabelled regions). Records are written as ArrayRecord and read back with
 `tfds.data_source` (random access, no TensorFlow): {'image': uint8 (H, W, 3),
-'label': uint8 (H, W, 1), 'file_name': str}.
+'label': uint8 (H, W, 1), 'file_name': str (the VOC image id, e.g.
+'2007_000033')}. A split keeps the order of its image lists (VOC's, then SBD's
+for train_aug), so example i of val is the i-th id of `val.txt`.
 
 The data is never downloaded; prepare it from a `manual_dir` holding the
 extracted `VOCdevkit/VOC2012` and `benchmark_RELEASE` folders, or the official
@@ -46,6 +48,13 @@ from PIL import Image
 VOC_ARCHIVE = 'VOCtrainval_11-May-2012.tar'
 SBD_ARCHIVE = 'benchmark.tgz'
 MAX_IMAGE_SIZE = (500, 500)  # VOC images are at most 500 pixels on each side
+SPLITS = {'2012': ('train', 'val'), '2012_aug': ('train_aug', 'val')}
+# (config, a split it lacks) -> (the config that has that split, this config's split in the same
+# role, what the split holds).
+_SPLIT_ELSEWHERE = {
+  ('2012', 'train_aug'): ('2012_aug', 'train', 'VOC train + SBD'),
+  ('2012_aug', 'train'): ('2012', 'train_aug', 'VOC train only'),
+}
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,33 @@ log = logging.getLogger(__name__)
 def prepare_command(config_name: str, data_dir: str | None) -> str:
   out = f' --data_dir {data_dir}' if data_dir else ''
   return f'python -m jaxseg.data.prepare --dataset voc --config {config_name} --manual_dir DIR{out}'
+
+
+def check_split(config_name: str, split: str, field: str | None = None) -> None:
+  """Raises a ValueError naming the fix unless `split` is a split of VOC config `config_name`.
+
+  `field` is the config field that named the split ('train_split', 'eval_split'),
+  so the message can give the exact override to add.
+  """
+  if config_name not in SPLITS:
+    raise ValueError(f'VOC config must be one of {list(SPLITS)}, got {config_name!r}.')
+  splits = SPLITS[config_name]
+  if split in splits:
+    return
+  message = f'VOC config {config_name!r} has no split {split!r} (its splits: {", ".join(splits)}).'
+  if (config_name, split) in _SPLIT_ELSEWHERE:
+    other, here, what = _SPLIT_ELSEWHERE[config_name, split]
+    message += f' {split!r} ({what}) exists only in config {other!r}.'
+    if field:
+      message += (
+        f' Add --config.dataset.{field}={here} to use {config_name!r}, or prepare {other!r} and '
+        f'add --config.dataset.config={other}.'
+      )
+    else:
+      message += f' Use split {here!r} with {config_name!r}, or config {other!r}.'
+  elif field:
+    message += f' Set --config.dataset.{field} to one of them.'
+  raise ValueError(message)
 
 
 def _extract(archive: str) -> str:
@@ -162,8 +198,11 @@ class VocSegmentationConfig(tfds.core.BuilderConfig):
 class VocSegmentation(tfds.core.GeneratorBasedBuilder):
   """PASCAL VOC 2012 semantic segmentation, optionally with the SBD masks."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'VOC 2012 segmentation and the SBD-augmented train set.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'VOC 2012 segmentation and the SBD-augmented train set.',
+    '1.1.0': "2012_aug's training split is named train_aug; splits keep the image-list order.",
+  }
   BUILDER_CONFIGS = [
     VocSegmentationConfig(name='2012', description='VOC 2012 train (1,464) / val (1,449).'),
     VocSegmentationConfig(
@@ -189,7 +228,20 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
         }
       ),
       homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
+      # Example i of a split is the i-th id of its image list, so predictions of the first N
+      # examples are the first N images of the list.
+      disable_shuffling=True,
     )
+
+  def _log_download_bytes(self) -> None:
+    # TFDS announces 'Downloading and preparing dataset ...' here; nothing is downloaded.
+    print(
+      f'Preparing {self.name}/{self.builder_config.name} from local files into {self.data_dir} ...',
+      flush=True,
+    )
+
+  def _log_download_done(self) -> None:
+    pass  # `jaxseg prepare` prints the split sizes and the folder when it is done
 
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir)
@@ -205,10 +257,11 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
       )
 
     val = [voc_item(i) for i in voc_val]
+    train_split, val_split = SPLITS[self.builder_config.name]
     if self.builder_config.name == '2012':
       return {
-        'train': self._generate_examples([voc_item(i) for i in voc_train], 'train'),
-        'val': self._generate_examples(val, 'val'),
+        train_split: self._generate_examples([voc_item(i) for i in voc_train], train_split),
+        val_split: self._generate_examples(val, val_split),
       }
     sbd = find_sbd_root(manual_dir)
     sbd_ids = _read_ids(os.path.join(sbd, 'train.txt')) + _read_ids(os.path.join(sbd, 'val.txt'))
@@ -225,8 +278,8 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
           image = os.path.join(sbd, 'img', f'{i}.jpg')
       train.append((i, image, mask))
     return {
-      'train': self._generate_examples(train, 'train'),
-      'val': self._generate_examples(val, 'val'),
+      train_split: self._generate_examples(train, train_split),
+      val_split: self._generate_examples(val, val_split),
     }
 
   def _generate_examples(self, items, split):
@@ -266,24 +319,30 @@ class VocSource:
     rec = self._ds[int(index)]
     return {'image': rec['image'], 'label': rec['label'][..., 0]}
 
+  def example_id(self, index: int) -> str:
+    """The VOC image id of example `index`, e.g. '2007_000033'."""
+    name = self._ds[int(index)]['file_name']
+    return name.decode() if isinstance(name, bytes) else str(name)
+
   def __repr__(self) -> str:
     # grain validates restored iterator state against repr(data_source).
     return f'VocSource(config={self.config_name!r}, split={self.split!r}, n={len(self)})'
 
 
-def load_source(config_name: str, split: str, data_dir: str | None = None) -> VocSource:
-  """The prepared split as a random-access source; a clear error if it was never prepared."""
+def load_source(
+  config_name: str, split: str, data_dir: str | None = None, *, field: str | None = None
+) -> VocSource:
+  """The prepared split as a random-access source; a clear error if it was never prepared.
+
+  `field` names the config field the split came from, for the message when the
+  split does not exist (see `check_split`).
+  """
   data_dir = data_dir or None
-  names = [c.name for c in VocSegmentation.BUILDER_CONFIGS]
-  if config_name not in names:
-    raise ValueError(f'VOC config must be one of {names}, got {config_name!r}.')
+  check_split(config_name, split, field)
   builder = VocSegmentation(config=config_name, data_dir=data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(
       f'VOC {config_name!r} is not prepared in {builder.data_dir_root}. Prepare it once with:\n  '
       + prepare_command(config_name, data_dir)
     )
-  splits = list(builder.info.splits.keys())
-  if split not in splits:
-    raise ValueError(f'VOC {config_name!r} has splits {splits}, got {split!r}.')
   return VocSource(builder.as_data_source(split=split), config_name, split)

@@ -1,12 +1,20 @@
-"""Writes colour-palette segmentation masks for images.
+"""Writes colour-palette segmentation masks for images or for a split of the training dataset.
 
-  python -m train.predict --checkpoint runs/quickstart --input img.jpg_or_dir --output preds/
+  jaxseg predict --checkpoint runs/quickstart --input img.jpg_or_dir --output preds/
+  jaxseg predict --checkpoint runs/quickstart --split val --num_images 8 --output preds/
 
 For each input image: `NAME.png` (palette PNG of class ids, VOC colours, so
 it opens as a class-index image too), `NAME_overlay.png` (image | prediction
 overlay side by side) and, with --probs, `NAME_probs.npy` (H, W, C float16
-softmax probabilities). The model, its class count and the input normalisation
-come from the checkpoint's stored config.
+softmax probabilities). NAME is the input file's name without its extension,
+or with --split the dataset's example id ('2007_000033' in VOC, 'val_00003' in
+the generated set), in the split's order. The model, its class count, the
+input normalisation and the dataset come from the checkpoint's stored config.
+
+In a folder, files without an image extension are left out (and counted);
+image files that cannot be read are skipped with a warning each, every other
+image is predicted, and the command ends with a summary and exits with status
+1 if any file was skipped.
 """
 
 from __future__ import annotations
@@ -37,12 +45,34 @@ def list_images(path: str) -> list[str]:
   return [path]
 
 
+def other_files(path: str) -> list[str]:
+  """Names of the files in directory `path` that `list_images` leaves out (no image extension)."""
+  if not os.path.isdir(path):
+    return []
+  return sorted(
+    f
+    for f in os.listdir(path)
+    if os.path.isfile(os.path.join(path, f)) and not f.lower().endswith(IMAGE_EXTENSIONS)
+  )
+
+
 def read_image(path: str) -> np.ndarray:
   try:
     with Image.open(path) as im:
       return np.asarray(im.convert('RGB'))
   except (OSError, ValueError) as e:
-    raise ValueError(f'{path!r} is not a readable image: {e}') from e
+    raise ValueError(f'{path!r} is not a readable image: {unreadable_reason(e)}') from e
+
+
+def unreadable_reason(error: Exception) -> str:
+  """Why an image file could not be read, in a few words and without its path."""
+  from PIL import UnidentifiedImageError
+
+  if isinstance(error, UnidentifiedImageError):
+    return 'unrecognised image data (not an image file, or a corrupt one)'
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  return str(error) or type(error).__name__
 
 
 @functools.lru_cache(maxsize=8)
@@ -122,50 +152,142 @@ def write_prediction(
   return paths
 
 
+def predict_source(
+  config,
+  model,
+  variables,
+  source,
+  out_dir: str,
+  *,
+  num_images: int = 0,
+  scales=(1.0,),
+  flip=False,
+  save_probs=False,
+) -> list[str]:
+  """Predictions for the first `num_images` examples of a dataset source (0 = all), in its order.
+
+  Each is named after the example id (`source.example_id(i)`, see `data.get_source`).
+  Returns the paths written.
+  """
+  count = len(source) if num_images <= 0 else min(int(num_images), len(source))
+  paths = []
+  for i in range(count):
+    image = np.asarray(source[i]['image'])
+    probs = predict_probs(model, variables, image, config, scales=scales, flip=flip)
+    paths += write_prediction(out_dir, source.example_id(i), image, probs, save_probs=save_probs)
+  return paths
+
+
 def predict_from_config(config, workdir: str, state, model) -> list[str]:
-  """After training: predictions for the first config.predict.num_images eval images into workdir/predictions."""
+  """After training: predictions for the first config.predict.num_images eval images into workdir/predictions.
+
+  Files are named after the example ids of config.dataset.eval_split.
+  """
   from jaxseg import data as data_lib
 
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
   source = data_lib.get_source(config, config.dataset.eval_split)
+  if int(config.predict.num_images) <= 0:
+    return []
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
   out_dir = os.path.join(workdir, 'predictions')
-  paths = []
-  for i in range(min(int(config.predict.num_images), len(source))):
-    image = np.asarray(source[i]['image'])
-    probs = predict_probs(model, variables, image, config)
-    paths += write_prediction(out_dir, f'{config.dataset.eval_split}_{i:04d}', image, probs)
-  return paths
+  return predict_source(
+    config, model, variables, source, out_dir, num_images=int(config.predict.num_images)
+  )
 
 
 def define_flags() -> None:
   """CLI flags, defined only when run as a program (so train.eval and train.predict can be imported together)."""
   flags.DEFINE_string('checkpoint', None, 'Training workdir or checkpoint directory.')
   flags.DEFINE_string('input', None, 'An image file or a directory of images.')
+  flags.DEFINE_string(
+    'split',
+    None,
+    "Instead of --input: predict this split of the checkpoint's dataset (e.g. val), "
+    'files named after the example ids.',
+  )
+  flags.DEFINE_integer(
+    'num_images', 0, 'With --split: the first N examples of the split (0 = all).'
+  )
   flags.DEFINE_string('output', None, 'Output directory.')
   flags.DEFINE_bool('best', False, 'Use the best-mIoU checkpoint instead of the latest.')
   flags.DEFINE_bool('probs', False, 'Also write per-class probabilities (.npy).')
   flags.DEFINE_list('scales', ['1.0'], 'Inference scales, e.g. 0.75,1.0,1.25.')
   flags.DEFINE_bool('flip', False, 'Average with the horizontally flipped prediction.')
-  flags.mark_flags_as_required(['checkpoint', 'input', 'output'])
+  flags.mark_flags_as_required(['checkpoint', 'output'])
+  flags.mark_flags_as_mutual_exclusive(['input', 'split'], required=True)
+
+
+def _plural(n: int, word: str) -> str:
+  return f'{n} {word}' + ('' if n == 1 else 's')
 
 
 def main(argv):
-  del argv
+  prog = argv[0]
   from jaxseg import cpu_conv
 
   cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
   from jaxseg.train import evaluation
 
   f = flags.FLAGS
-  config, model, variables = evaluation.load_trained(f.checkpoint, best=f.best)
-  files = list_images(f.input)
   scales = tuple(float(s) for s in f.scales)
+  if f.split is not None:
+    from jaxseg import data as data_lib
+    from jaxseg.train import checkpointing
+
+    config = checkpointing.config_from_meta(checkpointing.read_meta(f.checkpoint))
+    try:
+      source = data_lib.get_source(config, f.split)
+    except (ValueError, FileNotFoundError) as e:
+      print(f'{prog}: {e}', file=sys.stderr)
+      return 2
+    config, model, variables = evaluation.load_trained(f.checkpoint, config, best=f.best)
+    count = len(source) if f.num_images <= 0 else min(f.num_images, len(source))
+    paths = predict_source(
+      config,
+      model,
+      variables,
+      source,
+      f.output,
+      num_images=count,
+      scales=scales,
+      flip=f.flip,
+      save_probs=f.probs,
+    )
+    for p in paths:
+      print(p)
+    print(f'wrote {_plural(count, "prediction")} of split {f.split!r} to {f.output}')
+    return 0
+
+  try:
+    files = list_images(f.input)
+  except FileNotFoundError as e:
+    print(f'{prog}: {e}', file=sys.stderr)
+    return 2
+  config, model, variables = evaluation.load_trained(f.checkpoint, best=f.best)
+  written, skipped = 0, []
   for path in files:
-    image = read_image(path)
+    try:
+      image = read_image(path)
+    except ValueError as e:
+      reason = unreadable_reason(e.__cause__ or e)
+      print(f'warning: skipped {path}: {reason}', file=sys.stderr, flush=True)
+      skipped.append((os.path.basename(path), reason))
+      continue
     probs = predict_probs(model, variables, image, config, scales=scales, flip=f.flip)
     name = os.path.splitext(os.path.basename(path))[0]
     for p in write_prediction(f.output, name, image, probs, save_probs=f.probs):
       print(p)
+    written += 1
+  summary = f'wrote {_plural(written, "prediction")} to {f.output}'
+  if skipped:
+    summary += f', skipped {len(skipped)}: ' + ', '.join(f'{n}: {r}' for n, r in skipped)
+  others = other_files(f.input)
+  if others:
+    # Files such as notes or label lists are expected beside images; say so once, do not fail.
+    shown = ', '.join(others[:5]) + (', ...' if len(others) > 5 else '')
+    summary += f'; left out {_plural(len(others), "file")} without an image extension: {shown}'
+  print(summary)
+  return 1 if skipped else 0
 
 
 def run(argv: list[str] | None = None, prog: str = 'jaxseg predict') -> int:
