@@ -1,6 +1,6 @@
 """Prepares a dataset for training (no download: the data must already be on disk).
 
-  python -m jaxseg.data.prepare --dataset voc --config 2012_aug \
+  jaxseg prepare --dataset voc --config 2012_aug \
       --manual_dir DIR --data_dir OUT
 
 DIR holds VOCdevkit/VOC2012 and benchmark_RELEASE (or the official archives

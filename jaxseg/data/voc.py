@@ -22,7 +22,7 @@ extracted `VOCdevkit/VOC2012` and `benchmark_RELEASE` folders, or the official
 archives `VOCtrainval_11-May-2012.tar` and `benchmark.tgz` (extracted to a
 temporary folder first):
 
-  python -m jaxseg.data.prepare --dataset voc --config 2012_aug \
+  jaxseg prepare --dataset voc --config 2012_aug \
       --manual_dir DIR --data_dir OUT
 
 Unreadable or corrupt images/masks and image/mask size mismatches are skipped,
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 def prepare_command(config_name: str, data_dir: str | None) -> str:
   out = f' --data_dir {data_dir}' if data_dir else ''
-  return f'python -m jaxseg.data.prepare --dataset voc --config {config_name} --manual_dir DIR{out}'
+  return f'jaxseg prepare --dataset voc --config {config_name} --manual_dir DIR{out}'
 
 
 def check_split(config_name: str, split: str, field: str | None = None) -> None:
