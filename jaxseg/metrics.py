@@ -41,6 +41,19 @@ def check_labels(
     )
 
 
+def count_invalid_labels(labels: Array, num_classes: int, ignore_index: int | None = 255) -> Array:
+  """Number (int32) of label pixels outside [0, num_classes) that are not `ignore_index`; jit-able.
+
+  The in-jit counterpart of `check_labels`: such pixels make the cross-entropy
+  NaN and are left out of `confusion_matrix`, so steps report this count.
+  """
+  labels = jnp.asarray(labels)
+  bad = (labels < 0) | (labels >= num_classes)
+  if ignore_index is not None:
+    bad &= labels != ignore_index
+  return jnp.sum(bad, dtype=jnp.int32)
+
+
 def confusion_matrix(
   labels: Array, preds: Array, num_classes: int, ignore_index: int | None = 255
 ) -> Array:
@@ -53,7 +66,7 @@ def confusion_matrix(
     ignore_index: label value to skip (None to skip nothing).
 
   Out-of-range labels raise when the inputs are concrete; under `jit` they are
-  skipped like ignored pixels (validate your data pipeline instead).
+  skipped like ignored pixels (`count_invalid_labels` counts them).
   """
   if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be an integer >= 1, got {num_classes!r}.')

@@ -332,14 +332,15 @@ def test_skip_nonfinite_mode_finishes_the_run(env, tmp_path):
     assert np.all(np.isfinite(leaf))
 
 
-def test_unwritable_workdir_fails_before_training(env, tmp_path):
+def test_workdir_under_a_file_fails_before_training(env, tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   workdir = str(blocker / 'work')
   t0 = time.monotonic()
   rc, log = run_train(env, workdir, timeout=60)
   assert rc != 0
-  assert re.search(r"workdir '.*a_file/work' is not writable", log), log[-3000:]
+  pattern = r"workdir '.*a_file/work' cannot be created: '.*a_file' is a file, not a directory"
+  assert re.search(pattern, log), log[-3000:]
   assert 'evaluation at step' not in log and 'resumed' not in log
   assert time.monotonic() - t0 < 60
 
@@ -347,11 +348,14 @@ def test_unwritable_workdir_fails_before_training(env, tmp_path):
 def test_check_workdir_messages(tmp_path):
   from jaxseg.train import checkpointing
 
-  checkpointing.check_workdir(str(tmp_path / 'new' / 'dir'))  # created
+  created = checkpointing.check_workdir(str(tmp_path / 'new' / 'dir'))
+  assert created == [str(tmp_path / 'new'), str(tmp_path / 'new' / 'dir')]
   assert os.path.isdir(tmp_path / 'new' / 'dir') and not os.listdir(tmp_path / 'new' / 'dir')
+  checkpointing.remove_empty_dirs(created)
+  assert not os.path.exists(tmp_path / 'new')
   blocker = tmp_path / 'file'
   blocker.write_text('x')
-  with pytest.raises(PermissionError, match='is not writable.*choose another --workdir'):
+  with pytest.raises(NotADirectoryError, match='is a file, not a directory; choose another'):
     checkpointing.check_workdir(str(blocker))
   if os.geteuid() != 0:  # root ignores permission bits
     ro = tmp_path / 'ro'

@@ -130,8 +130,8 @@ def test_nothing_written_when_the_first_step_fails(tmp_path):
   config = smoke_config(2)
   config.model.kwargs.no_such_argument = 1
   with pytest.raises(TypeError, match='no_such_argument'):
-    train_lib.train_and_evaluate(config, str(tmp_path), progress=False)
-  assert not os.path.exists(tmp_path / 'checkpoints')
+    train_lib.train_and_evaluate(config, str(tmp_path / 'work'), progress=False)
+  assert os.listdir(tmp_path) == []  # not even the workdir
 
 
 def test_recipe_compiler_options_reach_the_step_compiles(monkeypatch, tmp_path):
@@ -143,8 +143,8 @@ def test_recipe_compiler_options_reach_the_step_compiles(monkeypatch, tmp_path):
   config = smoke_config(2)
   config.train.xla_cpu_compiler_options = {'xla_no_such_option_for_the_test': True}
   with pytest.raises(Exception, match='xla_no_such_option_for_the_test'):
-    train_lib.train_and_evaluate(config, str(tmp_path), progress=False)
-  assert not os.path.exists(tmp_path / 'checkpoints')
+    train_lib.train_and_evaluate(config, str(tmp_path / 'work'), progress=False)
+  assert os.listdir(tmp_path) == []  # the workdir this run created is removed again
 
 
 def test_eval_and_predict_steps_compile_with_the_options():

@@ -1,7 +1,9 @@
 """Whole-split evaluation, the per-class IoU table, the logged eval image, trained models.
 
 mIoU comes only from one confusion matrix accumulated over the whole split
-(Scenic's global metrics): averaging per-batch IoUs is biased.
+(Scenic's global metrics): averaging per-batch IoUs is biased. Label pixels
+outside [0, num_classes) that are not ignore_index are left out of the matrix;
+their number is reported (`invalid_labels`, and a line under the IoU table).
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ from jaxseg.train import checkpointing, logging_lib, steps
 def evaluate(
   parallel: steps.Parallel, state, eval_iter, num_classes: int, *, progress=True, desc='eval'
 ) -> dict:
-  """Runs eval_step over a whole split; returns `metrics.scores` of the summed confusion matrix."""
+  """Runs eval_step over a whole split; returns `metrics.scores` of the summed confusion matrix.
+
+  The result also holds the matrix ('confusion') and the number of label
+  pixels left out of it as out of range ('invalid_labels').
+  """
   total = None
   bar = logging_lib.progress(eval_iter, desc=desc, enabled=progress)
   for batch in bar:
-    cm = parallel.eval(state, parallel.put_batch(batch))
-    total = cm if total is None else total + cm
+    out = parallel.eval_metrics(state, parallel.put_batch(batch))
+    total = out if total is None else jax.tree.map(lambda a, b: a + b, total, out)
   if total is None:
     raise ValueError('the evaluation split is empty: no batch was produced.')
-  confusion = np.asarray(jax.device_get(total), np.int64)
+  total = jax.device_get(total)
+  confusion = np.asarray(total['confusion'], np.int64)
   result = metrics.scores(confusion)
   result['confusion'] = confusion
+  result['invalid_labels'] = int(total['invalid_labels'])
   return result
 
 
@@ -41,6 +49,12 @@ def format_iou_table(result: dict, class_names) -> str:
     f'{"mIoU":<16} {100 * result["miou"]:>7.2f}   pixel acc {100 * result["pixel_acc"]:.2f}   '
     f'mean acc {100 * result["mean_acc"]:.2f}   fwIoU {100 * result["fwiou"]:.2f}'
   )
+  if result.get('invalid_labels'):
+    n = len(result['per_class_iou'])
+    lines.append(
+      f'WARNING: {result["invalid_labels"]} label pixels outside 0..{n - 1} (and not the ignore '
+      'index) were left out of these scores.'
+    )
   return '\n'.join(lines)
 
 

@@ -10,6 +10,9 @@
   batch, i.e. SyncBN by construction) or in `jax.pmap`. The loss is the mean
   over the valid pixels of the *global* batch in both, so both modes give the
   same parameters.
+* Labels made inside jit cannot be checked on the host: `train_step`'s metrics
+  and `eval_metrics` count the label pixels outside [0, num_classes) that are
+  not ignore_index (the loss is NaN there and the confusion matrix skips them).
 * The jitted steps compile with the recipe's `train.xla_cpu_compiler_options`
   (`cpu_conv.compiler_options`: on the CPU backend only); the state is donated
   to the train step.
@@ -228,19 +231,35 @@ def train_step(state: TrainState, batch: dict, rng: Array, *, cfg: StepConfig):
     'grad_norm': grad_norm,
     'pixel_acc': correct / jnp.maximum(n_valid, 1),
     'finite': finite,
+    # Labels made inside jit escape the host check: the loop stops on a non-zero count.
+    'invalid_labels': global_sum(
+      metrics.count_invalid_labels(labels, cfg.num_classes, cfg.ignore_index)
+    ),
   }
   return new_state, out
 
 
-def eval_step(state: TrainState, batch: dict, *, cfg: StepConfig) -> Array:
-  """Confusion matrix (int32, num_classes^2) of one batch; padded examples (mask False) are ignored."""
+def eval_metrics(state: TrainState, batch: dict, *, cfg: StepConfig) -> dict:
+  """`eval_step`'s confusion matrix and the number of label pixels it left out as out of range.
+
+  Returns {'confusion': (num_classes, num_classes) int32, 'invalid_labels':
+  int32 count of labels outside [0, num_classes) that are not ignore_index}.
+  """
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   logits = state.apply_fn(variables, batch['image'], train=False)
   labels = _labels_for(logits, batch['label'])
   if 'mask' in batch:
     labels = jnp.where(batch['mask'][:, None, None], labels, cfg.ignore_index)
   preds = jnp.argmax(logits, axis=-1)
-  return metrics.confusion_matrix(labels, preds, cfg.num_classes, cfg.ignore_index)
+  return {
+    'confusion': metrics.confusion_matrix(labels, preds, cfg.num_classes, cfg.ignore_index),
+    'invalid_labels': metrics.count_invalid_labels(labels, cfg.num_classes, cfg.ignore_index),
+  }
+
+
+def eval_step(state: TrainState, batch: dict, *, cfg: StepConfig) -> Array:
+  """Confusion matrix (int32, num_classes^2) of one batch; padded examples (mask False) are ignored."""
+  return eval_metrics(state, batch, cfg=cfg)['confusion']
 
 
 def predict_step(apply_fn, variables, images: Array) -> Array:
@@ -310,7 +329,7 @@ class Parallel:
         compiler_options=compiler_options,
       )
       self._eval = jax.jit(
-        functools.partial(eval_step, cfg=cfg),
+        functools.partial(eval_metrics, cfg=cfg),
         out_shardings=self.replicated,
         compiler_options=compiler_options,
       )
@@ -318,7 +337,7 @@ class Parallel:
       pcfg = cfg.replace(axis_name=PMAP_AXIS)
 
       def pmapped_eval(state, batch):
-        return jax.lax.psum(eval_step(state, batch, cfg=cfg), PMAP_AXIS)
+        return jax.lax.psum(eval_metrics(state, batch, cfg=cfg), PMAP_AXIS)
 
       self._train = jax.pmap(
         functools.partial(train_step, cfg=pcfg),
@@ -370,8 +389,13 @@ class Parallel:
     return self._train_compiles.count
 
   def eval(self, state, batch) -> Array:
-    cm = self._eval(state, batch)
-    return cm[0] if self.mode == 'pmap' else cm
+    """The confusion matrix of one batch (`eval_step`)."""
+    return self.eval_metrics(state, batch)['confusion']
+
+  def eval_metrics(self, state, batch) -> dict:
+    """`eval_metrics` of one batch, on the device: confusion matrix and invalid-label count."""
+    out = self._eval(state, batch)
+    return jax.tree.map(lambda x: x[0], out) if self.mode == 'pmap' else out
 
   def predict(self, host_state: TrainState, images) -> np.ndarray:
     """Class ids for a host-side batch of normalised images (the state's model, eval mode)."""

@@ -3,10 +3,18 @@
 * The state and the steps (train/steps.py) run under `jax.jit` over a device
   Mesh (default) or `jax.pmap`, chosen by config.train.parallelism; both give
   the same parameters.
-* Metrics are read from the device every `train.log_every` steps, at
-  checkpoint steps and at the last step (the device runs ahead in between);
-  each read checks that every step since the previous read was finite and
-  writes a record to `workdir/metrics.jsonl` (and TensorBoard).
+* Metrics are read from the device at the first step, every
+  `train.log_every` steps, at checkpoint steps and at the last step (the
+  device runs ahead in between); each read checks that every step since the
+  previous read was finite and had labels in [0, num_classes) or ignore_index,
+  and writes a record (loss, learning rate, images/s, ...) to
+  `workdir/metrics.jsonl` (and TensorBoard).
+* Progress: a tqdm bar on a terminal; otherwise (a log file, nohup, CI) one
+  plain line on stderr at the first step, every `train.log_every` steps and
+  at the last step: step/total, loss, learning rate, images/s and ETA.
+* The workdir is checked before anything is built (a file, a checkpoint of
+  another model or model.kwargs), and a run refused before its first step
+  leaves nothing behind: no files, no directories it created.
 * Checkpoints (train/checkpointing.py) hold the state, the data iterator
   position and metadata; a killed run resumes from the last complete one,
   SIGTERM/SIGINT save one at the next step, and a checkpoint is never saved
@@ -29,12 +37,40 @@ import ml_collections
 import numpy as np
 
 from jaxseg import metrics
-from jaxseg.train import checkpointing, logging_lib, steps
+from jaxseg.train import checkpointing, logging_lib, optim, steps
 from jaxseg.train.evaluation import evaluate, format_iou_table, log_eval_image
 
 
 class NonFiniteLossError(FloatingPointError):
   """A step produced a NaN/inf loss or gradient (the last good checkpoint is kept)."""
+
+
+class InvalidLabelError(ValueError):
+  """A step's labels held class ids outside [0, num_classes) other than ignore_index."""
+
+
+class _Throughput:
+  """Steps per second for the progress report, time spent in evaluation excluded.
+
+  Measured from the end of the first metrics read (`started`), so the first
+  step's compilation and the metric files' setup count only until then.
+  """
+
+  def __init__(self, start_step: int):
+    self._origin = (time.monotonic(), start_step, 0.0)
+    self._base = None
+    self._paused = 0.0
+
+  def pause(self, seconds: float) -> None:
+    self._paused += seconds
+
+  def started(self, step: int) -> None:
+    if self._base is None:
+      self._base = (time.monotonic(), step, self._paused)
+
+  def steps_per_s(self, step: int) -> float:
+    t, s, paused = self._base if self._base is not None else self._origin
+    return (step - s) / max(time.monotonic() - t - (self._paused - paused), 1e-9)
 
 
 class _StopFlag:
@@ -120,27 +156,49 @@ def train_and_evaluate(
 ) -> dict:
   """Trains config.model on config.dataset, checkpointing to and resuming from `workdir`.
 
+  `progress`: a tqdm bar (True) or plain lines on stderr at the first step,
+  every `train.log_every` steps and the last step (False); default: a bar
+  when stderr is a terminal.
+
   Returns a summary dict: final step, the last metrics read, evaluation
   scores, whether a signal interrupted the run, the number of skipped
   non-finite steps, the number of programs compiled for the train step
   (`train_executables`), the final host-side state and the model.
   """
+  created = []  # directories check_workdir made for this run
+  try:
+    return _train_and_evaluate(config, workdir, progress, created)
+  except BaseException:
+    # A run that stops before writing anything leaves no empty workdir behind.
+    checkpointing.remove_empty_dirs(created)
+    raise
+
+
+def _train_and_evaluate(config, workdir, progress, created: list) -> dict:
   from jaxseg import data as data_lib
 
   progress = sys.stderr.isatty() if progress is None else progress
   if config.train.get('distributed', False):
     initialize_distributed(config)
   workdir = os.path.abspath(os.fspath(workdir))
-  checkpointing.check_workdir(workdir)
+  checkpointing.check_workdir_path(workdir)
+  ckpt = checkpointing.Checkpointer(
+    workdir,
+    max_to_keep=int(config.train.max_to_keep),
+    meta=checkpointing.checkpoint_meta(config),
+  )
+  ckpt.check_resume()  # from the stored config alone: before anything is built
   cfg = steps.step_config(config)
   model = steps.build_model(config)
   mode = config.train.get('parallelism', 'jit')
   parallel = steps.Parallel(mode, cfg, steps.compiler_options(config))
   parallel.check_batch_size(int(config.train.batch_size), 'config.train.batch_size')
   parallel.check_batch_size(int(config.eval.batch_size), 'config.eval.batch_size')
-  num_steps = int(config.train.num_steps) * int(config.train.get('grad_accum_steps', 1))
+  accum = int(config.train.get('grad_accum_steps', 1))
+  num_steps = int(config.train.num_steps) * accum
   if num_steps < 1:
     raise ValueError(f'config.train.num_steps must be >= 1, got {config.train.num_steps}.')
+  schedule = optim.make_schedule(config)
 
   init_rng, step_rng = jax.random.split(jax.random.key(int(config.train.seed)))
   train_iter = data_lib.create_train_iterator(
@@ -153,13 +211,10 @@ def train_and_evaluate(
   local_batch = int(config.train.batch_size) // jax.process_count()
   input_shape = (local_batch, h, w, int(config.dataset.get('in_channels', 3)))
 
-  ckpt = checkpointing.Checkpointer(
-    workdir,
-    max_to_keep=int(config.train.max_to_keep),
-    meta=checkpointing.checkpoint_meta(config),
-  )
-  writer = logging_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  # Restoring only reads (incomplete steps aside), so a refused resume leaves the workdir as it was.
   state = ckpt.restore_latest(steps.abstract_train_state(config, model, input_shape), train_iter)
+  created.extend(checkpointing.check_workdir(workdir))
+  writer = logging_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   if state is not None:
     logging_lib.info(f'resumed from {ckpt.directory} at step {int(state.step)}')
   else:
@@ -171,9 +226,10 @@ def train_and_evaluate(
   eval_every = int(config.train.get('eval_every', 0))
   ckpt_every = int(config.train.get('checkpoint_every', 0))
   log_every = max(1, int(config.train.get('log_every', 10)))
+  print_lines = not progress and jax.process_index() == 0
   last_metrics, eval_result, skipped = {}, None, 0
   unread = []  # device metrics of the steps since metrics were last read, up to `done`
-  t0, n_images = time.time(), 0
+  throughput = _Throughput(start)
   bar = logging_lib.progress(
     range(start, num_steps), desc='train', enabled=progress, initial=start, total=num_steps
   )
@@ -186,23 +242,33 @@ def train_and_evaluate(
           host_batch['label'],
           cfg.num_classes,
           cfg.ignore_index,
-          what=f'training labels (step {step})',
+          what=f'training labels (step {step + 1})',
         )
         state, step_metrics = parallel.train(state, parallel.put_batch(host_batch), step_rng)
-        n_images += int(config.train.batch_size)
         final_step = done = step + 1
         unread.append(step_metrics)
         save = (ckpt_every and done % ckpt_every == 0) or done == num_steps
         save = save or stop.signal is not None
-        if save or done % log_every == 0 or done == start + 1:
+        log = done % log_every == 0 or done == num_steps or done == start + 1
+        if save or log:
           # Every step since the last read is checked: no checkpoint follows a non-finite step.
           first = done - len(unread) + 1
           last_metrics, nonfinite = _read_metrics(parallel, unread, first, cfg, ckpt)
           unread, skipped = [], skipped + nonfinite
-          rate = n_images / max(time.time() - t0, 1e-9)
-          record = {**last_metrics, 'images_per_s': rate, 'skipped_nonfinite': skipped}
+          steps_per_s = throughput.steps_per_s(done)
+          rate = steps_per_s * int(config.train.batch_size)
+          # The update of step `done` used the schedule at its optimiser-update count.
+          lr = float(schedule((done - 1) // accum))
+          record = {**last_metrics, 'lr': lr, 'images_per_s': rate, 'skipped_nonfinite': skipped}
           writer.scalars(done, record)
-          bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}', img_s=f'{rate:.1f}')
+          bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}', lr=f'{lr:.3g}', img_s=f'{rate:.1f}')
+          if print_lines and log:
+            eta = (num_steps - done) / steps_per_s if steps_per_s > 0 else math.inf
+            line = logging_lib.progress_line(
+              done, num_steps, loss=last_metrics['loss'], lr=lr, images_per_s=rate, eta_s=eta
+            )
+            logging_lib.info(line)
+          throughput.started(done)
         if save:
           ckpt.save(done, parallel.get_state(state), train_iter)
           if stop.signal is not None:
@@ -213,7 +279,9 @@ def train_and_evaluate(
             )
             break
         if eval_every and done % eval_every == 0 and done != num_steps:
+          t = time.monotonic()
           eval_result = _run_eval(config, parallel, state, writer, done, ckpt, progress)
+          throughput.pause(time.monotonic() - t)
     finally:
       ckpt.wait()
   interrupted = stop.signal is not None
@@ -233,20 +301,36 @@ def train_and_evaluate(
   }
 
 
+def _kept(ckpt) -> str:
+  step = ckpt.latest_step()
+  if step is None:
+    return 'No checkpoint has been saved yet.'
+  return f'The last good checkpoint in {ckpt.directory} is intact (step {step}).'
+
+
 def _read_metrics(parallel, unread: list, first_step: int, cfg, ckpt) -> tuple[dict, int]:
   """Host metrics of the last step of `unread` (steps first_step, ...) and how many were non-finite.
 
-  Raises NonFiniteLossError at the first non-finite step unless cfg.skip_nonfinite.
+  Raises InvalidLabelError at the first step with out-of-range labels, and
+  NonFiniteLossError at the first non-finite step unless cfg.skip_nonfinite.
   """
   nonfinite = 0
   for step, m in enumerate(parallel.to_host(unread), start=first_step):
     m = {k: float(v) for k, v in m.items()}
+    invalid = int(m.pop('invalid_labels'))
+    if invalid:
+      raise InvalidLabelError(
+        f'training labels at step {step}: {invalid} pixels are outside 0..{cfg.num_classes - 1} '
+        f'and not the ignore index {cfg.ignore_index}; valid labels are '
+        f'0..{cfg.num_classes - 1} (num_classes={cfg.num_classes}) or {cfg.ignore_index}. Their '
+        'loss is NaN and the scores would leave them out; stopping. Labels made inside jit '
+        f'(e.g. by a label transform) are not seen by the host check. {_kept(ckpt)}'
+      )
     if not m.pop('finite'):
       if not cfg.skip_nonfinite:
         raise NonFiniteLossError(
           f'non-finite loss or gradient at step {step} (loss={m["loss"]}, '
-          f'grad_norm={m["grad_norm"]}); stopping. The last good checkpoint in '
-          f'{ckpt.directory} is intact (step {ckpt.latest_step()}). Lower the '
+          f'grad_norm={m["grad_norm"]}); stopping. {_kept(ckpt)} Lower the '
           'learning rate or set config.train.skip_nonfinite=True.'
         )
       nonfinite += 1
@@ -259,11 +343,14 @@ def _run_eval(config, parallel, state, writer, step, ckpt, progress) -> dict:
   eval_iter = data_lib.create_eval_iterator(
     config, process_index=jax.process_index(), process_count=jax.process_count()
   )
+  if not progress and jax.process_index() == 0:
+    logging_lib.info(f'evaluating at step {step} on {config.dataset.eval_split!r}...')
   result = evaluate(parallel, state, eval_iter, int(config.dataset.num_classes), progress=progress)
   names = data_lib.dataset_info(config).get('class_names')
   table = format_iou_table(result, names)
   logging_lib.info(f'evaluation at step {step} ({config.dataset.eval_split}):\n{table}')
-  writer.scalars(step, {f'eval/{k}': result[k] for k in ('miou', 'pixel_acc', 'mean_acc', 'fwiou')})
+  keys = ('miou', 'pixel_acc', 'mean_acc', 'fwiou', 'invalid_labels')
+  writer.scalars(step, {f'eval/{k}': result[k] for k in keys})
   host_state = parallel.get_state(state)
   if math.isfinite(result['miou']):
     ckpt.save_best(step, host_state, result['miou'])
