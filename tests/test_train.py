@@ -331,6 +331,27 @@ def test_eval_multiscale_flip_window_crf(trained):
     assert 0.0 <= r['miou'] <= 1.0 and np.sum(r['confusion']) == np.sum(base['confusion'])
 
 
+def test_eval_counts_labels_outside_the_classes(trained, monkeypatch):
+  """Whole-split evaluation reports label pixels >= num_classes (left out of the confusion matrix)."""
+  from jaxseg import data as data_lib
+  from jaxseg.train import eval as eval_lib
+
+  workdir, _ = trained
+  real = data_lib.create_eval_iterator
+
+  def with_bad_labels(config, **kwargs):
+    for i, batch in enumerate(real(config, **kwargs)):
+      if i == 0:
+        label = np.array(batch['label'])
+        label[0, :2, :3] = config.dataset.num_classes  # 6 pixels of a class that does not exist
+        batch = {**batch, 'label': label}
+      yield batch
+
+  monkeypatch.setattr(data_lib, 'create_eval_iterator', with_bad_labels)
+  r = eval_lib.evaluate_checkpoint(workdir, progress=False)
+  assert r['invalid_labels'] == 6
+
+
 def test_config_backbone_weights_initialise_only_the_backbone(tmp_path):
   """config.model.backbone_weights: the train loop loads an ImageNet-layout file into params['backbone'] only."""
   from safetensors.numpy import save_file

@@ -114,13 +114,18 @@ def evaluate_checkpoint(
   def confusion(variables, batch):
     preds = predict(variables, batch['image'])
     labels = jnp.where(batch['mask'][:, None, None], batch['label'], ignore)
-    return metrics.confusion_matrix(labels, preds, num_classes, ignore)
+    # Out-of-range labels are left out of the confusion matrix: count them so they are reported.
+    invalid = metrics.count_invalid_labels(labels, num_classes, ignore)
+    return metrics.confusion_matrix(labels, preds, num_classes, ignore), invalid
 
   eval_iter = data_lib.create_eval_iterator(config, split=split)
   total = np.zeros((num_classes, num_classes), np.int64)
+  invalid = 0
   for batch in logging_lib.progress(eval_iter, desc='eval', enabled=progress):
-    total += np.asarray(jax.device_get(confusion(variables, batch)), np.int64)
-  result = metrics.scores(total)
+    cm, bad = jax.device_get(confusion(variables, batch))
+    total += np.asarray(cm, np.int64)
+    invalid += int(bad)
+  result = {**metrics.scores(total), 'invalid_labels': invalid}
   names = data_lib.dataset_info(config).get('class_names')
   print(evaluation.format_iou_table(result, names))
   return {
@@ -133,6 +138,7 @@ def evaluate_checkpoint(
     'pixel_acc': result['pixel_acc'],
     'mean_acc': result['mean_acc'],
     'fwiou': result['fwiou'],
+    'invalid_labels': invalid,
     'per_class_iou': {
       (names[i] if names else str(i)): (None if not np.isfinite(v) else float(v))
       for i, v in enumerate(result['per_class_iou'])
