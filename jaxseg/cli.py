@@ -33,12 +33,32 @@ COMMANDS = {
 }
 
 _HELP = ('-h', '--help', '-?', '--helpshort', '--helpfull')
+# Errors of the user's input (config, files, data, checkpoints, a missing optional package):
+# one line, no traceback, unless --traceback is given. Anything else keeps its traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError)
+_TRACEBACK = False
+
+
+def report_errors(prog: str, fn, argv: list[str]) -> int:
+  """fn(argv) without `--traceback`; a USER_ERRORS exception becomes one line on stderr and exit 1."""
+  global _TRACEBACK
+  _TRACEBACK = show = _TRACEBACK or '--traceback' in argv  # also seen by a nested call
+  argv = [a for a in argv if a != '--traceback']
+  try:
+    return fn(argv)
+  except USER_ERRORS as e:
+    if show:
+      raise
+    print(f'{prog}: {type(e).__name__}: {e}', file=sys.stderr)
+    print(f'(`{prog} ... --traceback` shows where it was raised)', file=sys.stderr)
+    return 1
 
 
 def usage() -> str:
   lines = ['usage: jaxseg SUBCOMMAND [flags]', '', 'subcommands:']
   lines += [f'  {name:<10} {desc}' for name, (_, desc) in COMMANDS.items()]
-  lines += ['', 'Run `jaxseg SUBCOMMAND --help` for the flags of one.']
+  lines += ['', 'Run `jaxseg SUBCOMMAND --help` for the flags of one; add --traceback to any']
+  lines += ['subcommand to see the Python traceback of an error instead of its one-line message.']
   return '\n'.join(lines)
 
 
@@ -59,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'jaxseg: unknown subcommand {name!r}.{hint}\n\n{usage()}', file=sys.stderr)
     return 2
   module = importlib.import_module(COMMANDS[name][0])
-  return int(module.run(rest, prog=f'jaxseg {name}') or 0)
+  prog = f'jaxseg {name}'
+  return int(report_errors(prog, lambda args: module.run(args, prog=prog), rest) or 0)
 
 
 def _unquote(text: str) -> str:
@@ -118,8 +139,10 @@ def run_absl(module_name: str, define_flags, main, argv, prog: str, parse_hook=N
       logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read and write at INFO
     return main(args)
 
-  app.run(quiet_main, argv=[prog, *argv], flags_parser=parse)  # exits with main's return value
-  return 0
+  # app.run exits with main's return value; exceptions propagate to report_errors.
+  return report_errors(
+    prog, lambda args: app.run(quiet_main, argv=[prog, *args], flags_parser=parse), argv
+  )
 
 
 if __name__ == '__main__':

