@@ -1,10 +1,11 @@
 """jaxseg.weights file handling: unpickling safety, torch-free formats, strict errors, layout round trips."""
 
+import importlib
 import os
-import re
 import subprocess
 import sys
 import textwrap
+import traceback
 
 import jax
 import numpy as np
@@ -41,6 +42,13 @@ def vgg16_state_dict():
   return to_torch('vgg16', random_variables('vgg16', seed=1))
 
 
+def assert_no_unsafe_advice(error):
+  """Neither the message nor the printed traceback (chained causes included) advise unpickling."""
+  printed = ''.join(traceback.format_exception(error))
+  assert 'weights_only=False' not in printed and '`weights_only` set to `False`' not in printed
+  assert 'add_safe_globals' not in printed, printed
+
+
 class _Evil:
   """Unpickling calls open(marker, 'w'): creates the marker file."""
 
@@ -63,8 +71,10 @@ def test_pth_with_arbitrary_object_is_refused_and_never_executed(torch_module, t
   torch.save({'features.0.weight': torch.zeros(2), 'x': _Evil(str(marker))}, path)
   with pytest.raises(
     WeightsError, match=r'(?s)weights_only=True.*never unpickles arbitrary objects'
-  ):
+  ) as e:
     load_state_dict(path)
+  assert "names the Python object 'io.open'" in str(e.value) or 'builtins.open' in str(e.value)
+  assert_no_unsafe_advice(e.value)
   with pytest.raises(WeightsError, match='evil.pth'):
     from_torch('vgg16', str(path))
   assert not marker.exists()
@@ -185,9 +195,114 @@ def test_torchvision_state_dicts_round_trip(torch_module, name):
   ref = randomize_torch(_torchvision_module(name), seed=7)
   sd = {k: v.numpy() for k, v in ref.state_dict().items()}
   back = to_torch(name, from_torch(name, sd))
-  layout = jaxseg.weights.get_layout(name)
-  ignored = [k for k in sd if any(re.fullmatch(p, k) for p in layout.ignore)]
+  omitted = jaxseg.weights.get_layout(name).omitted_layers({})
+  ignored = [k for k in sd if k.rpartition('.')[0] in omitted]
   assert sorted(back) == sorted(k for k in sd if k not in ignored)
   for k, v in back.items():
     if not k.endswith('num_batches_tracked'):
       np.testing.assert_array_equal(v, sd[k], err_msg=k)
+
+
+def test_random_bytes_pth_is_not_a_state_dict_and_no_unsafe_advice(torch_module, tmp_path):
+  convert = importlib.import_module('jaxseg.weights.convert')
+
+  path = tmp_path / 'random.pth'
+  data = np.random.default_rng(0).bytes(1000)
+  path.write_bytes(data)
+  with pytest.raises(WeightsError) as e:
+    load_state_dict(path)
+  assert str(e.value) == (
+    f'{path} is not a PyTorch state dict: torch.load(weights_only=True) cannot read it '
+    f'(1,000 bytes, starting with {data[:16]!r}).'
+  )
+  assert_no_unsafe_advice(e.value)
+  # The command line and the backbone loader relay the same message.
+  with pytest.raises(WeightsError) as e:
+    convert.main(['--model', 'vgg16', '--input', str(path), '--output', str(tmp_path / 'out')])
+  assert 'is not a PyTorch state dict' in str(e.value)
+  assert_no_unsafe_advice(e.value)
+  assert not (tmp_path / 'out').exists()
+  model = jaxseg.create_model('fcn32s', num_classes=2, width=0.125)
+  variables = random_variables('fcn32s', num_classes=2, width=0.125)
+  with pytest.raises(WeightsError, match='is not a PyTorch state dict') as e:
+    jaxseg.weights.init_backbone(model, variables, path)
+  assert_no_unsafe_advice(e.value)
+
+  (tmp_path / 'empty.pt').write_bytes(b'')
+  with pytest.raises(WeightsError, match=r'cannot read it \(an empty file \(0 bytes\)\)\.$'):
+    load_state_dict(tmp_path / 'empty.pt')
+
+
+def test_pth_holding_something_else_than_a_state_dict(torch_module, tmp_path):
+  torch = torch_module
+  torch.save(torch.zeros(3, 2), tmp_path / 'tensor.pth')
+  with pytest.raises(WeightsError) as e:
+    load_state_dict(tmp_path / 'tensor.pth')
+  assert str(e.value) == (
+    f'{tmp_path / "tensor.pth"} is not a PyTorch state dict: it holds a torch.Tensor of shape '
+    '(3, 2), not a mapping from parameter names to tensors.'
+  )
+  torch.save([torch.zeros(1)], tmp_path / 'list.pth')
+  with pytest.raises(WeightsError, match=r'it holds a list, not a mapping'):
+    load_state_dict(tmp_path / 'list.pth')
+  # A training checkpoint whose weights sit under an unknown name: say which entry is not a tensor.
+  torch.save({'net': {'w': torch.zeros(1)}, 'epoch': 3}, tmp_path / 'nested.pth')
+  with pytest.raises(WeightsError, match=r"not a state dict of tensors: 'net' holds a dict\.$"):
+    load_state_dict(tmp_path / 'nested.pth')
+
+
+def test_reading_pth_without_torch_names_the_extra(tmp_path, monkeypatch):
+  path = tmp_path / 'w.pth'
+  path.write_bytes(b'PK\x03\x04')
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` raises ImportError
+  with pytest.raises(ImportError) as e:
+    load_state_dict(path)
+  msg = str(e.value)
+  assert "pip install 'jaxseg[torch]'" in msg and str(path) in msg
+  assert '.safetensors and .npz files need no PyTorch' in msg
+
+
+def test_broken_safetensors_and_npz_files_say_what_was_read(tmp_path):
+  data = b'\xff' * 40
+  (tmp_path / 'w.safetensors').write_bytes(data)
+  with pytest.raises(WeightsError) as e:
+    load_state_dict(tmp_path / 'w.safetensors')
+  assert str(e.value) == (
+    f'{tmp_path / "w.safetensors"} is not a safetensors file: it cannot be read as one '
+    f'(40 bytes, starting with {data[:16]!r}).'
+  )
+  (tmp_path / 'w.npz').write_bytes(data)
+  with pytest.raises(WeightsError, match=r'is not an \.npz archive of arrays \(40 bytes') as e:
+    load_state_dict(tmp_path / 'w.npz')
+  np.save(tmp_path / 'single.npy', np.zeros(3))
+  os.replace(tmp_path / 'single.npy', tmp_path / 'single.npz')
+  with pytest.raises(WeightsError, match=r'holds a single array of shape \(3,\), not named arrays'):
+    load_state_dict(tmp_path / 'single.npz')
+
+
+def test_a_directory_is_not_a_weights_file(tmp_path):
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'model.safetensors').write_bytes(b'')
+  with pytest.raises(ValueError) as e:
+    load_state_dict(tmp_path / 'run')
+  msg = str(e.value)
+  assert msg == (
+    f'{tmp_path / "run"} is a directory, but a weights file (.pth/.pt, .safetensors or .npz) is '
+    'expected; it holds model.safetensors.'
+  )
+  assert 'not found' not in msg
+  # A converted checkpoint given where a PyTorch file is expected (jaxseg convert --input): say so.
+  (tmp_path / 'ckpt').mkdir()
+  (tmp_path / 'ckpt' / 'jaxseg.json').write_text('{}')
+  convert = importlib.import_module('jaxseg.weights.convert')
+  with pytest.raises(ValueError, match=r'is a directory, but a weights file') as e:
+    convert.main(['--model', 'vgg16', '--input', str(tmp_path / 'ckpt'), '--output', 'unused'])
+  assert 'it is a jaxseg converted checkpoint (jaxseg.json), which' in str(e.value)
+  # And the reverse: a weights file where a converted checkpoint directory is expected (export).
+  export = importlib.import_module('jaxseg.weights.export')
+  (tmp_path / 'w.pth').write_bytes(b'')
+  with pytest.raises(ValueError, match=r'w\.pth is a file, but a converted checkpoint directory'):
+    export.main(['--checkpoint', str(tmp_path / 'w.pth'), '--output', str(tmp_path / 'o.npz')])
+  (tmp_path / 'ckpt' / 'jaxseg.json').write_bytes(b'\x80\x81')
+  with pytest.raises(ValueError, match=r'is not a jaxseg checkpoint sidecar: it is not valid JSON'):
+    export.main(['--checkpoint', str(tmp_path / 'ckpt'), '--output', str(tmp_path / 'o.npz')])

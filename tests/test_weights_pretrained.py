@@ -12,7 +12,13 @@ from conftest import randomize_torch, rel_err, to_nchw
 import jaxseg
 from jaxseg import layers
 from jaxseg.backbones.vgg import VGG16
-from jaxseg.weights import WeightsError, init_backbone, load_pretrained, to_torch
+from jaxseg.weights import (
+  WeightsError,
+  init_backbone,
+  load_pretrained,
+  save_checkpoint,
+  to_torch,
+)
 from jaxseg.weights.core import target_shapes
 
 
@@ -285,3 +291,80 @@ def test_load_pretrained_same_class_count_and_other_mismatches(fcn8s_voc_checkpo
     load_pretrained('fcn8s', fresh, sd, 5, width=0.125)
   with pytest.raises(ValueError, match='is a backbone; use init_backbone'):
     load_pretrained('vgg16', fresh, sd, 5)
+
+
+def test_converted_checkpoint_directories_as_backbone_weights(tmp_path):
+  """`jaxseg convert` output of a backbone, or of a model built on it, initialises a backbone."""
+  # A MobileNetV2 backbone checkpoint (with features.18) into DeepLabv3+, which leaves it out.
+  mnv2 = jaxseg.create_backbone('mobilenet_v2', width_mult=0.25)
+  saved = fake_variables(mnv2, (1, 32, 32, 3), seed=2)
+  save_checkpoint(tmp_path / 'mnv2', 'mobilenet_v2', saved, model_kwargs={'width_mult': 0.25})
+  model = jaxseg.create_model(
+    'deeplab_v3plus', num_classes=3, backbone='mobilenet_v2', backbone_kwargs={'width_mult': 0.25}
+  )
+  variables = fake_variables(model, (1, 32, 32, 3))
+  new, report = init_backbone(model, variables, tmp_path / 'mnv2')
+  assert report.omitted == ('features.18.0', 'features.18.1')
+  assert report.source == f'{tmp_path / "mnv2"} (converted mobilenet_v2 backbone)'
+  got = leaves_with_paths(
+    {'params': new['params']['backbone'], 'batch_stats': new['batch_stats']['backbone']}
+  )
+  want = leaves_with_paths(saved)
+  assert set(want) - set(got) == {k for k in want if "['features_18']" in k}
+  for k, v in got.items():
+    np.testing.assert_array_equal(v, want[k], err_msg=k)
+
+  # The backbone of a converted full model (torchvision FCN-ResNet50) into DeepLab v2.
+  fcn = jaxseg.create_model('fcn_resnet50', num_classes=3, base_width=8)
+  fcn_vars = fake_variables(fcn, (1, 32, 32, 3), seed=3)
+  save_checkpoint(
+    tmp_path / 'fcn', 'fcn_resnet50', fcn_vars, num_classes=3, model_kwargs={'base_width': 8}
+  )
+  v2 = jaxseg.create_model('deeplab_v2', num_classes=5, backbone='resnet50', base_width=8)
+  new, report = init_backbone(v2, fake_variables(v2, (1, 32, 32, 3)), str(tmp_path / 'fcn'))
+  assert report.omitted == () and report.source.endswith('(backbone of converted fcn_resnet50)')
+  got = leaves_with_paths(
+    {'params': new['params']['backbone'], 'batch_stats': new['batch_stats']['backbone']}
+  )
+  want = leaves_with_paths(
+    {'params': fcn_vars['params']['backbone'], 'batch_stats': fcn_vars['batch_stats']['backbone']}
+  )
+  assert got.keys() == want.keys()
+  for k, v in got.items():
+    np.testing.assert_array_equal(v, want[k], err_msg=k)
+
+  # Any other directory: a file or a converted checkpoint is expected; never "not found".
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'notes.txt').write_text('')
+  with pytest.raises(ValueError) as e:
+    init_backbone(model, variables, tmp_path / 'run')
+  assert str(e.value) == (
+    f'{tmp_path / "run"} is a directory, but a weights file (.pth/.pt, .safetensors or .npz) or a '
+    'converted checkpoint directory (with jaxseg.json, written by `jaxseg convert`) is expected; '
+    'it holds notes.txt.'
+  )
+  assert 'not found' not in str(e.value)
+
+
+def test_load_pretrained_from_a_converted_checkpoint_directory(fcn8s_voc_checkpoint, tmp_path):
+  saved = jaxseg.weights.from_torch('fcn8s', fcn8s_voc_checkpoint, width=0.125)
+  save_checkpoint(tmp_path / 'voc', 'fcn8s', saved, num_classes=21, model_kwargs={'width': 0.125})
+  model = jaxseg.create_model('fcn8s', num_classes=5, width=0.125)
+  fresh = fake_variables(model, (1, 32, 32, 3), seed=6)
+  new, report = load_pretrained('fcn8s', fresh, tmp_path / 'voc', 5, width=0.125)
+  assert [r.split(':')[0] for r in report.reinitialized] == FCN8S_CLASS_KEYS
+  np.testing.assert_array_equal(
+    new['params']['backbone']['conv2_1']['kernel'], saved['params']['backbone']['conv2_1']['kernel']
+  )
+  np.testing.assert_array_equal(
+    new['params']['score_fr']['bias'], fresh['params']['score_fr']['bias']
+  )
+
+  vgg = jaxseg.create_backbone('vgg16', width=0.125)
+  save_checkpoint(tmp_path / 'vgg', 'vgg16', fake_variables(vgg, (1, 32, 32, 3)))
+  with pytest.raises(ValueError) as e:
+    load_pretrained('fcn8s', fresh, tmp_path / 'vgg', 5, width=0.125)
+  assert str(e.value) == (
+    f"{tmp_path / 'vgg'} is a converted checkpoint of backbone 'vgg16', not of model 'fcn8s' "
+    '(use it as backbone weights: init_backbone).'
+  )

@@ -5,9 +5,11 @@
 
 NAME is a registered model or backbone with a PyTorch layout (`fcn8s`,
 `vgg16`, ...); FILE a .pth/.pt (read with torch.load(weights_only=True), so a
-file needing arbitrary unpickling is refused), .safetensors or .npz (neither
-needs PyTorch). The conversion is strict: any missing, unused or mis-shaped key
-is an error naming the key and both shapes. With `--num_classes N` different
+file needing arbitrary unpickling is refused; needs `pip install 'jaxseg[torch]'`),
+.safetensors or .npz (neither needs PyTorch). The conversion is strict: any
+missing, unused or mis-shaped key is an error naming the key and both shapes;
+only the layers a backbone variant leaves out by design (its ImageNet
+classifier, `Layout.omitted`) are skipped. With `--num_classes N` different
 from the checkpoint's class count, the class-count-dependent layers (the
 classifier) are freshly initialised (seed 0) and listed; nothing else may
 differ. `--normalize caffe` records that the weights expect BGR 0-255 minus
@@ -121,4 +123,4 @@ def main(argv=None, prog=None) -> int:
 run = main  # `jaxseg convert`
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(main(prog='python -m jaxseg.weights.convert'))

@@ -12,10 +12,15 @@ suffix and the array transform follow from the Flax leaf:
   batch_stats/mean, var <- `running_mean`, `running_var`
 
 Every Flax variable must be found with the right shape and every PyTorch key
-must be used (`num_batches_tracked` aside, and keys a layout declares
-irrelevant, such as an ImageNet classifier when only the backbone is wanted);
-otherwise one `WeightsError` lists all missing keys, unused keys and shape
-mismatches. Nothing is ever partially loaded.
+must be used, except `num_batches_tracked` counters and the keys of layers the
+built variant deliberately leaves out (`Layout.omitted`: an ImageNet classifier,
+MobileNetV2's last 1x1 convolution when the variant stops before it); otherwise
+one `WeightsError` lists all missing keys, unused keys and shape mismatches.
+Nothing is ever partially loaded.
+
+Files are untrusted: `.pth` is read with `torch.load(weights_only=True)` only,
+`.npz` without pickle, and a file that is not a state dict is reported as such
+(its size and first bytes, or the type of object it holds).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -53,7 +58,10 @@ class Layout:
     input_shape: example NHWC input used (with jax.eval_shape, no compute) to get the variable shapes.
     preprocess: optional fn(state_dict, target_flat_shapes) -> state_dict bringing a
       source file into canonical form (e.g. VGG Linear fc6 -> 7x7 conv weights).
-    ignore: regexes of PyTorch keys that are legitimately unused (e.g. an ImageNet classifier).
+    omitted: optional fn(constructor_kwargs) -> PyTorch modules (Conv2d, BatchNorm2d, Linear
+      names such as 'fc' or 'features.18.0') of the reference network that the module built with
+      these kwargs deliberately leaves out; a checkpoint's parameters and buffers of these modules
+      are skipped and reported, never an error. See `omitted_layers`.
     num_classes_key: PyTorch key whose first dimension is num_classes (to infer it).
     description: the PyTorch implementation whose layout this is.
     postprocess: optional fn(state_dict) -> state_dict applied by `export_state_dict`, undoing
@@ -65,10 +73,31 @@ class Layout:
   kind: str = 'model'
   input_shape: tuple[int, ...] = (1, 224, 224, 3)
   preprocess: Callable[[dict, dict], dict] | None = None
-  ignore: tuple[str, ...] = ()
+  omitted: Callable[[Mapping[str, Any]], Sequence[str]] | None = None
   num_classes_key: str | None = None
   description: str = ''
   postprocess: Callable[[dict], dict] | None = None
+
+  def omitted_layers(self, kwargs: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """PyTorch modules the module built with `kwargs` leaves out (sorted, no duplicates)."""
+    if self.omitted is None:
+      return ()
+    return tuple(sorted(set(self.omitted(dict(kwargs or {})))))
+
+
+# The parameters and buffers of the PyTorch layers jaxseg maps (Conv2d, BatchNorm2d, Linear).
+TORCH_LEAVES = frozenset(('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'))
+
+
+def in_layers(key: str, layers: Sequence[str]) -> bool:
+  """Whether `key` is a parameter or buffer of one of `layers` ('fc.weight' of 'fc', not 'fc.x.y')."""
+  module, _, leaf = key.rpartition('.')
+  return leaf in TORCH_LEAVES and module in layers
+
+
+def is_counter(key: str) -> bool:
+  """BatchNorm's `num_batches_tracked`: a step counter, not a weight (Flax keeps none)."""
+  return key.endswith('num_batches_tracked')
 
 
 LAYOUTS: dict[str, Layout] = {}
@@ -119,53 +148,175 @@ def _to_numpy(v) -> np.ndarray:
   return np.asarray(v)
 
 
+TORCH_EXTENSIONS = ('.pth', '.pt', '.bin', '.ckpt')
+SUPPORTED = '.pth/.pt, .safetensors or .npz'
+# What a converted checkpoint directory holds (jaxseg.weights.pretrained writes it).
+CHECKPOINT_SIDECAR = 'jaxseg.json'
+
+
+def _file_summary(path: str) -> str:
+  """'1,000 bytes, starting with b'\x8f...'': what was read, for messages about unreadable files."""
+  size = os.path.getsize(path)
+  if size == 0:
+    return 'an empty file (0 bytes)'
+  with open(path, 'rb') as f:
+    head = f.read(16)
+  return f'{size:,} bytes, starting with {head!r}'
+
+
+def _type_name(obj) -> str:
+  t = type(obj)
+  name = t.__qualname__ if t.__module__ == 'builtins' else f'{t.__module__}.{t.__qualname__}'
+  shape = getattr(obj, 'shape', None)
+  return f'{name} of shape {tuple(shape)}' if shape is not None else name
+
+
+def directory_error(path: str, checkpoints_too: bool = False) -> ValueError:
+  """The error for a directory given where a weights file is expected, saying what it holds.
+
+  Args:
+    path: the directory.
+    checkpoints_too: the caller also reads converted checkpoint directories (with jaxseg.json).
+  """
+  expected = f'a weights file ({SUPPORTED})'
+  if checkpoints_too:
+    expected += f' or a converted checkpoint directory (with {CHECKPOINT_SIDECAR}, written by `jaxseg convert`)'
+  if os.path.isfile(os.path.join(path, CHECKPOINT_SIDECAR)):
+    found = (
+      f'it is a jaxseg converted checkpoint ({CHECKPOINT_SIDECAR}), which '
+      'jaxseg.weights.init_backbone (config.model.backbone_weights), load_pretrained '
+      '(config.model.weights) and load_checkpoint read'
+    )
+  else:
+    names = sorted(os.listdir(path))
+    shown = ', '.join(names[:10]) + (f', ... ({len(names)} entries)' if len(names) > 10 else '')
+    found = f'it holds {shown}' if names else 'it is empty'
+  return ValueError(f'{path} is a directory, but {expected} is expected; {found}.')
+
+
+def _read_torch_file(path: str):
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(
+      f'reading {path} needs PyTorch, which is not installed with jaxseg by default: pip install '
+      "'jaxseg[torch]' (or pip install torch). .safetensors and .npz files need no PyTorch."
+    ) from e
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pickle.UnpicklingError, EOFError, RuntimeError (bad zip), ...
+    # Only the refused object's name is taken from PyTorch's message, and the cause is not chained,
+    # because that message advises weights_only=False, i.e. running whatever the file names.
+    found = re.search(r'Unsupported global: GLOBAL ([\w.]{1,200})', str(e))
+    if found:
+      msg = (
+        f'{path} is not a plain PyTorch state dict: it names the Python object '
+        f'{found.group(1)!r}, which torch.load(weights_only=True) does not load; jaxseg never '
+        'unpickles arbitrary objects. Expected tensors only, as torch.save(model.state_dict(), '
+        'path) or a .safetensors file holds them.'
+      )
+    else:
+      msg = (
+        f'{path} is not a PyTorch state dict: torch.load(weights_only=True) cannot read it '
+        f'({_file_summary(path)}).'
+      )
+    raise WeightsError(msg) from None
+
+
+def _read_safetensors(path: str) -> dict:
+  from safetensors.numpy import load_file
+
+  try:
+    return load_file(path)
+  except Exception:  # safetensors_rust.SafetensorError, OSError, ...
+    raise WeightsError(
+      f'{path} is not a safetensors file: it cannot be read as one ({_file_summary(path)}).'
+    ) from None
+
+
+def _read_npz(path: str) -> dict:
+  try:
+    z = np.load(path, allow_pickle=False)
+  except ValueError:  # not a zip or .npy file: numpy would have to unpickle it
+    raise WeightsError(
+      f'{path} is not an .npz archive of arrays ({_file_summary(path)}); jaxseg never unpickles '
+      '.npz contents (allow_pickle=False).'
+    ) from None
+  except Exception:  # zipfile.BadZipFile, EOFError, ...
+    raise WeightsError(f'{path} is not an .npz archive ({_file_summary(path)}).') from None
+  if not isinstance(z, np.lib.npyio.NpzFile):
+    raise WeightsError(
+      f'{path} is not a state dict: it holds a single array of shape {z.shape}, not named arrays.'
+    )
+  with z:
+    out = {}
+    for k in z.files:
+      try:
+        out[k] = z[k]
+      except ValueError:  # an object array: its values are pickled Python objects
+        raise WeightsError(
+          f'{path} is not a state dict of arrays: {k!r} holds pickled Python objects, which '
+          'jaxseg never loads (allow_pickle=False).'
+        ) from None
+    return out
+
+
 def load_state_dict(source) -> dict[str, np.ndarray]:
   """Reads a state dict from a mapping or a file (.pth/.pt, .safetensors, .npz) as NumPy arrays.
 
-  `.pth` files are read with `torch.load(..., weights_only=True)`: a file that
-  needs arbitrary unpickling is refused, never executed. A checkpoint that wraps
-  the weights under 'state_dict', 'model_state_dict' or 'model' is unwrapped.
+  `.pth` files are read with `torch.load(..., weights_only=True)` (PyTorch is needed for them
+  only: `pip install 'jaxseg[torch]'`): a file that needs arbitrary unpickling is refused, never
+  executed. A checkpoint that wraps the weights under 'state_dict', 'model_state_dict' or 'model'
+  is unwrapped, and DataParallel's 'module.' prefix dropped.
+
+  Raises:
+    WeightsError: the file is not a state dict (unreadable, or it holds something other than a
+      mapping from names to arrays); the message says what was read.
+    FileNotFoundError: no such file. A directory is a ValueError naming what it holds.
+    ImportError: a .pth file without PyTorch installed.
   """
+  where = 'the state dict'
   if isinstance(source, Mapping):
     sd = source
   else:
-    path = os.fspath(source)
+    path = where = os.fspath(source)
+    if os.path.isdir(path):
+      raise directory_error(path)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'weights file not found: {path}')
     ext = os.path.splitext(path)[1].lower()
-    if ext in ('.pth', '.pt', '.bin', '.ckpt'):
-      try:
-        import torch
-      except ImportError as e:
-        raise ImportError(
-          f'reading {path} needs PyTorch (pip install torch); .safetensors and .npz files do not.'
-        ) from e
-      try:
-        sd = torch.load(path, map_location='cpu', weights_only=True)
-      except Exception as e:  # pickle.UnpicklingError and friends
-        raise WeightsError(
-          f'{path} could not be loaded with torch.load(weights_only=True): {e}. jaxseg never unpickles '
-          'arbitrary objects; re-save the file as a plain state dict (or .safetensors).'
-        ) from e
+    if ext in TORCH_EXTENSIONS:
+      sd = _read_torch_file(path)
     elif ext == '.safetensors':
-      from safetensors.numpy import load_file
-
-      sd = load_file(path)
+      sd = _read_safetensors(path)
     elif ext == '.npz':
-      with np.load(path, allow_pickle=False) as z:
-        sd = {k: z[k] for k in z.files}
+      sd = _read_npz(path)
     else:
-      raise ValueError(
-        f'unsupported weights file {path!r}: expected .pth/.pt, .safetensors or .npz.'
+      raise ValueError(f'unsupported weights file {path!r}: expected {SUPPORTED}.')
+    if not isinstance(sd, Mapping):
+      raise WeightsError(
+        f'{path} is not a PyTorch state dict: it holds a {_type_name(sd)}, not a mapping from '
+        'parameter names to tensors.'
       )
   for wrapper in ('state_dict', 'model_state_dict', 'model'):
     if wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = sd[wrapper]
-  out = {}
+  out, bad = {}, []
   for k, v in sd.items():
+    k = str(k)
     if k.startswith('module.'):  # DataParallel prefix
       k = k[len('module.') :]
-    out[str(k)] = _to_numpy(v)
+    try:
+      arr = None if isinstance(v, (Mapping, str, bytes)) else _to_numpy(v)
+    except Exception:  # a list of tensors, a custom object, ...
+      arr = None
+    if arr is None or arr.dtype.kind in 'OUS':  # objects and strings are not weights
+      bad.append(f'{k!r} holds a {_type_name(v)}')
+      continue
+    out[k] = arr
+  if bad:
+    more = f' and {len(bad) - 5} more' if len(bad) > 5 else ''
+    raise WeightsError(f'{where} is not a state dict of tensors: {"; ".join(bad[:5])}{more}.')
   return out
 
 
@@ -256,7 +407,11 @@ def sequential_key(prefix: str, module: str, conv_index: int = 0) -> str:
 
 
 def convert_state_dict(
-  state_dict: Mapping[str, np.ndarray], target: Mapping, layout: Layout, name: str = ''
+  state_dict: Mapping[str, np.ndarray],
+  target: Mapping,
+  layout: Layout,
+  name: str = '',
+  omitted: Sequence[str] = (),
 ) -> dict:
   """Builds Flax variables shaped like `target` from a PyTorch-layout state dict.
 
@@ -265,6 +420,8 @@ def convert_state_dict(
     target: the model's variables, or their shapes from `jax.eval_shape` (`target_shapes`).
     layout: the key map (`get_layout(name)`).
     name: what the error message calls the model.
+    omitted: PyTorch modules that `target` deliberately leaves out (`layout.omitted_layers(kwargs)`);
+      their parameters and buffers are skipped, any other unused key is an error.
 
   Returns:
     Variables with `target`'s tree, shapes and dtypes (fresh copies, never views of `state_dict`).
@@ -277,25 +434,20 @@ def convert_state_dict(
   if layout.preprocess is not None:
     sd = layout.preprocess(sd, flat_target)
   keymap = flat_key_map(target, layout.key_fn)
-  missing, mismatched, out = [], [], {}
-  used = set()
+  missing, mismatched, found = [], [], {}
   for path, tkey in keymap.items():
     want = tuple(flat_target[path].shape)
     if tkey not in sd:
       missing.append(f'{tkey} (for {"/".join(path)}, expected torch shape {_torch_shape(want)})')
       continue
-    used.add(tkey)
-    arr = _torch_to_flax(np.asarray(sd[tkey]), len(want))
-    if tuple(arr.shape) != want:
-      mismatched.append(
-        f'{tkey}: checkpoint has {tuple(np.asarray(sd[tkey]).shape)}, model expects {_torch_shape(want)}'
-      )
-      continue
-    # jnp.array copies: on CPU jnp.asarray may alias the source buffer (e.g. a torch tensor's
-    # memory), and a later in-place change to the torch module would then alter the Flax variables.
-    out[path] = jnp.array(arr, dtype=flat_target[path].dtype)
-  ignore = [re.compile(p) for p in layout.ignore] + [re.compile(r'.*num_batches_tracked$')]
-  unused = sorted(k for k in sd if k not in used and not any(p.fullmatch(k) for p in ignore))
+    have = tuple(np.shape(sd[tkey]))
+    found[path] = tkey
+    if _torch_to_flax(np.empty(have, np.int8), len(want)).shape != want:
+      mismatched.append(f'{tkey}: checkpoint has {have}, model expects {_torch_shape(want)}')
+  used = set(found.values())
+  unused = sorted(
+    k for k in sd if k not in used and not is_counter(k) and not in_layers(k, omitted)
+  )
   if missing or mismatched or unused:
     lines = [f'State dict does not fit {name or "the model"}:']
     for title, items in (
@@ -309,6 +461,14 @@ def convert_state_dict(
         if len(items) > 50:
           lines.append(f'    ... and {len(items) - 50} more')
     raise WeightsError('\n'.join(lines))
+  # Converted only once every key fits, so that a refused checkpoint costs no copies.
+  out = {}
+  for path, tkey in found.items():
+    arr = _torch_to_flax(np.asarray(sd[tkey]), len(flat_target[path].shape))
+    # A fresh copy: on CPU device_put may alias its source buffer (e.g. a torch tensor's memory),
+    # and a later in-place change to the torch module would then alter the Flax variables.
+    # (np.array + device_put rather than jnp.array: no per-shape XLA conversion to compile.)
+    out[path] = jax.device_put(np.array(arr, dtype=flat_target[path].dtype, order='C', copy=True))
   return flax.traverse_util.unflatten_dict(out)
 
 
@@ -354,7 +514,8 @@ def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
     name: a registered model or backbone name with a known PyTorch layout.
     state_dict_or_path: a state dict (tensors or arrays) or a .pth/.safetensors/.npz path.
     **model_kwargs: passed to `create_model` / `create_backbone` (e.g. num_classes,
-      which is inferred from the checkpoint when omitted).
+      which is inferred from the checkpoint when omitted). For a backbone they also decide which
+      layers of the reference network are left out (`Layout.omitted`), whose keys are skipped.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` ready for `model.apply`.
@@ -368,8 +529,9 @@ def from_torch(name: str, state_dict_or_path, **model_kwargs) -> dict:
       )
     model_kwargs['num_classes'] = int(sd[layout.num_classes_key].shape[0])
   module = build(name, layout, **model_kwargs)
+  omitted = layout.omitted_layers(model_kwargs)
   try:
-    return convert_state_dict(sd, target_shapes(module, layout.input_shape), layout, name)
+    return convert_state_dict(sd, target_shapes(module, layout.input_shape), layout, name, omitted)
   except WeightsError as e:
     have = sd.get(layout.num_classes_key) if layout.num_classes_key else None
     if layout.kind == 'model' and have is not None and have.shape[0] != model_kwargs['num_classes']:

@@ -65,4 +65,4 @@ def main(argv=None, prog=None) -> int:
 run = main  # `jaxseg export`
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(main(prog='python -m jaxseg.weights.export'))

@@ -1,7 +1,7 @@
 """PyTorch layouts of the dilated-convolution models: DeepLab v1/v2, DilatedNet, PSPNet.
 
 * `vgg16_deeplab`, `vgg16_dilated` (backbones): torchvision's VGG-16 `features.N`
-  keys (ImageNet initialisation; the classifier is ignored).
+  keys (ImageNet initialisation; torchvision's classifier is left out, see `vgg16_dense_omitted`).
 * `deeplab_v1`: the DeepLab-LargeFOV Caffe layer names as top-level modules:
   `conv1_1` ... `conv5_3`, `fc6`, `fc7`, `fc8` (tests/torch_ref/deeplab_v1.py).
 * `dilatednet`: Yu & Koltun's Caffe names as fyu/dilation's `network.py` writes
@@ -23,7 +23,18 @@
 from __future__ import annotations
 
 from jaxseg.weights.core import Layout, dotted_key_fn, register_layout, sequential_key
-from jaxseg.weights.layouts_vgg_fcn import _vgg_key_fn, linear_fc_to_conv
+from jaxseg.weights.layouts_vgg_fcn import _vgg_key_fn, linear_fc_to_conv, vgg16_omitted
+
+
+def vgg16_dense_omitted(kwargs) -> tuple[str, ...]:
+  """torchvision VGG-16 layers the dense variants leave out: the whole classifier.
+
+  DeepLab v1 and DilatedNet replace fc6/fc7 with their own (dilated) layers outside the backbone,
+  so torchvision's `classifier.0`, `.3` and `.6` are never loaded.
+  """
+  del kwargs  # the same for both styles, widths and paddings
+  return vgg16_omitted({'fc': None})
+
 
 for _name in ('vgg16_deeplab', 'vgg16_dilated'):
   register_layout(
@@ -33,7 +44,7 @@ for _name in ('vgg16_deeplab', 'vgg16_dilated'):
       kind='backbone',
       input_shape=(1, 32, 32, 3),
       preprocess=linear_fc_to_conv,
-      ignore=(r'classifier\..*',),
+      omitted=vgg16_dense_omitted,
       description='torchvision.models.vgg16 features (ImageNet initialisation)',
     ),
   )

@@ -9,6 +9,19 @@ from __future__ import annotations
 from jaxseg.weights.core import Layout, register_layout, sequential_key
 
 
+def mobilenet_v2_omitted(kwargs) -> tuple[str, ...]:
+  """torchvision MobileNetV2 layers the variant built with `kwargs` leaves out.
+
+  The ImageNet classifier's Linear `classifier.1` always; the last 1x1 convolution and its
+  BatchNorm (`features.18.0`, `features.18.1`) when built with `last_conv=False`, as DeepLabv3+
+  does (it reads the 320-channel features.17).
+  """
+  layers = ['classifier.1']
+  if not kwargs.get('last_conv', True):
+    layers += [mobilenet_v2_key_fn(('features_18', part)) for part in ('conv', 'bn')]
+  return tuple(layers)
+
+
 def mobilenet_v2_key_fn(path: tuple[str, ...]) -> str:
   """('features_2', 'depthwise', 'conv') -> 'features.2.conv.1.0'."""
   block, *rest = path
@@ -35,7 +48,7 @@ register_layout(
     key_fn=mobilenet_v2_key_fn,
     kind='backbone',
     input_shape=(1, 64, 64, 3),
-    ignore=(r'classifier\..*',),  # the ImageNet classifier is not part of the feature extractor
+    omitted=mobilenet_v2_omitted,
     description='torchvision.models.mobilenet_v2',
   ),
 )

@@ -36,6 +36,18 @@ def _vgg_key_fn(batch_norm: bool):
   return key_fn
 
 
+def vgg16_omitted(kwargs) -> tuple[str, ...]:
+  """torchvision VGG-16 layers the `vgg16` / `vgg16_bn` variant built with `kwargs` leaves out.
+
+  The 1000-way Linear `classifier.6` always; the fully connected `classifier.0` (fc6) and
+  `classifier.3` (fc7) unless the backbone is built with fc='conv' (FCN, Hypercolumn), which
+  turns them into 7x7 and 1x1 convolutions.
+  """
+  key_fn = _vgg_key_fn(False)  # fc6 / fc7 have the same keys with and without BatchNorm
+  fc = () if kwargs.get('fc') == 'conv' else tuple(key_fn((m,)) for m in ('fc6', 'fc7'))
+  return ('classifier.6', *fc)
+
+
 def linear_fc_to_conv(sd: dict, flat_target: dict) -> dict:
   """ImageNet VGG classifier Linear weights -> fc6 7x7 / fc7 1x1 conv weights (as FCN does).
 
@@ -74,9 +86,7 @@ for _bn in (False, True):
       kind='backbone',
       preprocess=linear_fc_to_conv,
       postprocess=conv_fc_to_linear,
-      # The ImageNet classifier is not part of the feature extractor; fc6/fc7 are
-      # used when the backbone is built with fc='conv'.
-      ignore=(r'classifier\.6\..*', r'classifier\.[03]\..*'),
+      omitted=vgg16_omitted,
       description='torchvision.models.vgg16 / vgg16_bn',
     ),
   )

@@ -6,14 +6,19 @@ naming every missing, unused or mis-shaped key; nothing is partially loaded):
 `init_backbone(model, variables, path_or_state_dict) -> (variables, report)`
   Initialises `variables['params']['backbone']` (and `batch_stats['backbone']`)
   from an ImageNet classification checkpoint in the backbone's PyTorch layout
-  (e.g. torchvision's vgg16-397923af.pth, resnet50-0676ba61.pth). The model
-  names the backbone through `model.backbone_spec() -> (backbone_name, kwargs)`;
-  everything outside the backbone (the head) keeps its fresh initialisation.
-  The train loop calls it when `config.model.backbone_weights` is set.
+  (e.g. torchvision's vgg16-397923af.pth, resnet50-0676ba61.pth), or from a
+  converted checkpoint directory of that backbone or of a model built on it.
+  The model names the backbone through `model.backbone_spec() -> (backbone_name,
+  kwargs)`; everything outside the backbone (the head) keeps its fresh
+  initialisation. The checkpoint's layers that this backbone variant leaves out
+  by design (`Layout.omitted`: the ImageNet classifier, MobileNetV2's
+  features.18 in DeepLabv3+) are skipped and listed in `report.omitted`. The
+  train loop calls it when `config.model.backbone_weights` is set.
 
 `load_pretrained(model_name, variables, path, num_classes, **model_kwargs) -> (variables, report)`
   Loads a full-model checkpoint in the model's PyTorch layout (e.g. torchvision
-  deeplabv3_resnet50_coco-cd0a2569.pth, pytorch-fcn fcn8s_from_caffe.pth). If
+  deeplabv3_resnet50_coco-cd0a2569.pth, pytorch-fcn fcn8s_from_caffe.pth), or a
+  converted checkpoint directory of the same model. If
   the checkpoint was trained for another number of classes, exactly the
   variables whose shape depends on the class count (found by building the
   model at both class counts) keep their fresh initialisation from `variables`
@@ -52,6 +57,7 @@ Typical use in a train loop:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -65,17 +71,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.weights.core import (
+  CHECKPOINT_SIDECAR,
   _torch_shape,
   convert_state_dict,
+  directory_error,
   flat_key_map,
   get_layout,
+  in_layers,
+  is_counter,
   load_state_dict,
   target_shapes,
+  to_torch,
 )
 
 log = logging.getLogger(__name__)
 
-METADATA_FILE = 'jaxseg.json'
+METADATA_FILE = CHECKPOINT_SIDECAR
 STATE_DIR = 'state'
 FORMAT = 'jaxseg-checkpoint'
 
@@ -90,8 +101,10 @@ class LoadReport:
     loaded: PyTorch keys whose values were loaded.
     reinitialized: 'key: checkpoint shape -> model shape' for every variable
       that kept its fresh initialisation (a classifier for another class count).
-    ignored: checkpoint keys the layout declares irrelevant (e.g. an ImageNet
-      classifier, num_batches_tracked).
+    ignored: checkpoint keys that were not loaded: those of the `omitted` layers
+      and BatchNorm's num_batches_tracked counters.
+    omitted: the checkpoint's layers (PyTorch module names, e.g. 'fc',
+      'features.18.0') that the target leaves out by design (`Layout.omitted`).
   """
 
   source: str
@@ -99,19 +112,21 @@ class LoadReport:
   loaded: tuple[str, ...] = ()
   reinitialized: tuple[str, ...] = ()
   ignored: tuple[str, ...] = ()
+  omitted: tuple[str, ...] = ()
 
   def __str__(self) -> str:
     lines = [
       f'{self.target}: loaded {len(self.loaded)} tensors from {self.source}; '
-      f'{len(self.reinitialized)} re-initialised, {len(self.ignored)} checkpoint keys ignored.'
+      f'{len(self.reinitialized)} re-initialised.'
     ]
     if self.reinitialized:
       lines.append('  re-initialised (fresh init kept): ' + '; '.join(self.reinitialized))
-    if self.ignored:
-      shown = [k for k in self.ignored if not k.endswith('num_batches_tracked')]
-      if shown:
-        more = f' ... and {len(shown) - 20} more' if len(shown) > 20 else ''
-        lines.append('  ignored: ' + ', '.join(shown[:20]) + more)
+    if self.omitted:
+      skipped = sum(not is_counter(k) for k in self.ignored)
+      lines.append(
+        f'  layers left out by this variant (not loaded): {", ".join(self.omitted)} '
+        f'({skipped} checkpoint tensors)'
+      )
     return '\n'.join(lines)
 
 
@@ -125,17 +140,97 @@ def _flat(tree) -> dict:
 
 def _place_like(new, old):
   """Puts a converted array where the leaf it replaces lived (keeps a mesh sharding)."""
-  new = jnp.asarray(new, dtype=old.dtype)
+  if new.dtype != old.dtype:
+    new = jnp.asarray(new, dtype=old.dtype)
   sharding = getattr(old, 'sharding', None)
   return jax.device_put(new, sharding) if sharding is not None else new
 
 
-def _used_and_ignored(sd: dict, target: Mapping, layout) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _account(
+  sd: dict, target: Mapping, layout, omitted=()
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+  """(loaded keys, ignored keys, omitted layers present in `sd`) of a load that succeeded."""
   sd = dict(sd)
   if layout.preprocess is not None:
     sd = layout.preprocess(sd, _flat(target))
   used = set(flat_key_map(target, layout.key_fn).values())
-  return tuple(sorted(used)), tuple(sorted(k for k in sd if k not in used))
+  ignored = tuple(sorted(k for k in sd if k not in used))
+  present = tuple(
+    p for p in omitted if any(in_layers(k, (p,)) for k in ignored if not is_counter(k))
+  )
+  return tuple(sorted(used)), ignored, present
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_spec_shapes(name: str, frozen_kwargs: tuple, input_shape: tuple) -> dict:
+  from jaxseg.registry import create_backbone
+
+  shapes = target_shapes(create_backbone(name, **dict(frozen_kwargs)), input_shape)
+  return {p: tuple(v.shape) for p, v in _flat(shapes).items() if p[0] in ('params', 'batch_stats')}
+
+
+def _spec_shapes(name: str, kwargs: Mapping, input_shape: tuple) -> dict:
+  """{flax path: shape} of the backbone `backbone_spec()` describes (traced once per spec)."""
+  frozen = tuple(sorted(kwargs.items()))
+  try:
+    hash(frozen)
+  except TypeError:  # e.g. a list-valued kwarg: traced every time
+    return _cached_spec_shapes.__wrapped__(name, frozen, tuple(input_shape))
+  return _cached_spec_shapes(name, frozen, tuple(input_shape))
+
+
+def _is_directory(source) -> bool:
+  return not isinstance(source, Mapping) and os.path.isdir(os.fspath(source))
+
+
+def _checkpoint_directory(path: str) -> tuple[dict, Any, dict]:
+  """(metadata, module, variables) of a converted checkpoint; any other directory is refused."""
+  if not os.path.isfile(os.path.join(path, METADATA_FILE)):
+    raise directory_error(path, checkpoints_too=True)
+  meta = checkpoint_metadata(path)
+  model, variables = load_checkpoint(path)
+  return meta, model, variables
+
+
+def _backbone_state_dict(source) -> tuple[dict, str]:
+  """(state dict in a backbone's PyTorch layout, its description) from a file, dict or directory.
+
+  A converted checkpoint directory is exported back to its backbone's PyTorch layout, so that it
+  goes through exactly the checks a file does.
+  """
+  if not _is_directory(source):
+    return load_state_dict(source), _source_name(source)
+  path = os.fspath(source)
+  meta, model, variables = _checkpoint_directory(path)
+  if meta['kind'] == 'backbone':
+    return to_torch(meta['name'], variables), f'{path} (converted {meta["name"]} backbone)'
+  params = variables.get('params', {})
+  if not hasattr(model, 'backbone_spec') or 'backbone' not in params:
+    raise ValueError(
+      f'{path} is a converted checkpoint of model {meta["name"]!r}, which has no ImageNet '
+      'backbone (no backbone_spec() / params["backbone"]) to take backbone weights from.'
+    )
+  name, _ = model.backbone_spec()
+  backbone = {'params': params['backbone']}
+  stats = (variables.get('batch_stats') or {}).get('backbone')
+  if stats:
+    backbone['batch_stats'] = stats
+  return to_torch(name, backbone), f'{path} (backbone of converted {meta["name"]})'
+
+
+def _model_state_dict(source, model_name: str) -> tuple[dict, str]:
+  """(state dict in `model_name`'s PyTorch layout, its description) from a file, dict or directory."""
+  if not _is_directory(source):
+    return load_state_dict(source), _source_name(source)
+  path = os.fspath(source)
+  meta, _, variables = _checkpoint_directory(path)
+  if meta['kind'] != 'model' or meta['name'] != model_name:
+    hint = ' (use it as backbone weights: init_backbone)' if meta['kind'] == 'backbone' else ''
+    raise ValueError(
+      f'{path} is a converted checkpoint of {meta["kind"]} {meta["name"]!r}, not of model '
+      f'{model_name!r}{hint}.'
+    )
+  return to_torch(model_name, variables), f'{path} (converted {model_name})'
 
 
 def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, LoadReport]:
@@ -147,13 +242,20 @@ def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, 
     variables: the model's freshly initialised variables (`model.init(...)`).
     path_or_state_dict: .pth/.pt (read with torch.load(weights_only=True)),
       .safetensors or .npz file, or a state dict, in the backbone's layout
-      (e.g. torchvision's vgg16 / resnet50 ImageNet checkpoints).
+      (e.g. torchvision's vgg16 / resnet50 ImageNet checkpoints); or a
+      converted checkpoint directory (`save_checkpoint`, `jaxseg convert`) of
+      the backbone or of a model built on it.
 
   Returns:
     `(variables, report)`: a copy of `variables` whose `params['backbone']` and
     `batch_stats['backbone']` come from the checkpoint, everything else
-    unchanged; `report` says what was loaded and which checkpoint keys were
-    ignored (the ImageNet classifier).
+    unchanged; `report.omitted` names the checkpoint's layers this backbone
+    variant leaves out by design (`get_layout(name).omitted_layers(kwargs)`),
+    `report.ignored` their keys (and num_batches_tracked counters).
+
+  Raises:
+    WeightsError: a checkpoint key that fits no variable and belongs to no
+      omitted layer, a missing key or a shape mismatch (all of them listed).
   """
   if not hasattr(model, 'backbone_spec'):
     raise ValueError(
@@ -179,12 +281,7 @@ def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, 
 
   # jaxseg's models build their backbone from backbone_spec() (registry.build_backbone); a model
   # that builds it otherwise must still match it variable for variable.
-  from jaxseg.registry import create_backbone
-
-  spec_shapes = target_shapes(create_backbone(name, **kwargs), layout.input_shape)
-  want = {
-    p: tuple(v.shape) for p, v in _flat(spec_shapes).items() if p[0] in ('params', 'batch_stats')
-  }
+  want = _spec_shapes(name, kwargs, layout.input_shape)
   have = {p: tuple(v.shape) for p, v in _flat(target).items()}
   if want != have:
     diff = sorted(set(want.items()) ^ set(have.items()))[:10]
@@ -193,19 +290,21 @@ def init_backbone(model, variables: Mapping, path_or_state_dict) -> tuple[dict, 
       f"under params['backbone']; first differences (path, shape): {diff}"
     )
 
-  sd = load_state_dict(path_or_state_dict)
-  loaded = convert_state_dict(sd, target, layout, f'backbone {name!r}')
-  used, ignored = _used_and_ignored(sd, target, layout)
+  sd, source = _backbone_state_dict(path_or_state_dict)
+  omitted = layout.omitted_layers(kwargs)
+  loaded = convert_state_dict(sd, target, layout, f'backbone {name!r} {kwargs}', omitted)
+  used, ignored, present = _account(sd, target, layout, omitted)
   flat_new = _flat(loaded)
   out = _flat(variables)
   for (collection, *rest), arr in flat_new.items():
     path = (collection, 'backbone', *rest)
     out[path] = _place_like(arr, out[path])
   report = LoadReport(
-    source=_source_name(path_or_state_dict),
+    source=source,
     target=f'{type(model).__name__}.backbone ({name})',
     loaded=used,
     ignored=ignored,
+    omitted=present,
   )
   log.info('%s', report)
   return flax.traverse_util.unflatten_dict(out), report
@@ -221,7 +320,8 @@ def load_pretrained(
     variables: freshly initialised variables of `create_model(model_name,
       num_classes=num_classes, **model_kwargs)`; the re-initialised variables
       keep these values.
-    path: .pth/.safetensors/.npz file or a state dict in the model's layout.
+    path: .pth/.safetensors/.npz file or a state dict in the model's layout, or
+      a converted checkpoint directory of `model_name`.
     num_classes: the class count the model is trained for.
     **model_kwargs: the other arguments the model was built with.
 
@@ -238,7 +338,7 @@ def load_pretrained(
   layout = get_layout(model_name)
   if layout.kind != 'model':
     raise ValueError(f'{model_name!r} is a backbone; use init_backbone for backbone checkpoints.')
-  sd = load_state_dict(path)
+  sd, source = _model_state_dict(path, model_name)
   ckpt_classes = num_classes
   key = layout.num_classes_key
   if key is not None and key in sd and np.ndim(sd[key]) >= 1:
@@ -277,9 +377,9 @@ def load_pretrained(
       out[var] = old
     else:
       out[var] = _place_like(loaded[var], old)
-  used, ignored = _used_and_ignored(sd, theirs_tree, layout)
+  used, ignored, _ = _account(sd, theirs_tree, layout)
   report = LoadReport(
-    source=_source_name(path),
+    source=source,
     target=f'{model_name} ({num_classes} classes)',
     loaded=tuple(k for k in used if not any(r.startswith(k + ':') for r in reinit)),
     reinitialized=tuple(sorted(reinit)),
@@ -385,15 +485,26 @@ def save_checkpoint(
 def checkpoint_metadata(directory) -> dict:
   """The JSON sidecar of a converted checkpoint (name, kind, num_classes, model_kwargs, normalize, ...)."""
   path = os.path.join(os.fspath(directory), METADATA_FILE)
+  if os.path.isfile(os.fspath(directory)):
+    raise ValueError(
+      f'{directory} is a file, but a converted checkpoint directory (with {METADATA_FILE}) is '
+      'expected; convert a PyTorch file first with `jaxseg convert` (python -m jaxseg.weights.convert).'
+    )
   if not os.path.isfile(path):
     raise FileNotFoundError(
       f'{path} not found: {directory} is not a jaxseg converted checkpoint '
       '(write one with `python -m jaxseg.weights.convert`).'
     )
-  with open(path) as f:
-    meta = json.load(f)
-  if meta.get('format') != FORMAT:
-    raise ValueError(f'{path}: unknown checkpoint format {meta.get("format")!r}')
+  try:
+    with open(path, encoding='utf-8') as f:
+      meta = json.load(f)
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    raise ValueError(
+      f'{path} is not a jaxseg checkpoint sidecar: it is not valid JSON ({e}).'
+    ) from None
+  if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+    found = meta.get('format') if isinstance(meta, dict) else type(meta).__name__
+    raise ValueError(f'{path}: unknown checkpoint format {found!r}')
   return meta
 
 
