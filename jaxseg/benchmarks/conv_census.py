@@ -1,6 +1,6 @@
 """Per-convolution census of a model: where the JAX step loses to PyTorch.
 
-    python -m benchmarks.conv_census --model pspnet [--train] [--reps 5]
+    python -m jaxseg.benchmarks.conv_census --model pspnet [--train] [--reps 5]
 
 XLA:CPU runs Eigen convolutions asynchronously, so a profiler trace does not
 attribute the step's time to its convolutions. This tool records every

@@ -1,11 +1,12 @@
 """Training and inference throughput of every registered jaxseg model, with PyTorch ratios.
 
-Run from the repository root:
+  jaxseg benchmark                                 # every registered model
+  jaxseg benchmark --models fcn8s,segnet --reps 5 --json out.json
+  jaxseg benchmark --models fcn8s --lowering xla   # plain lax.conv lowering
+  jaxseg benchmark --pipeline                      # input pipeline images/s per core
 
-  python -m benchmarks.run                          # every registered model
-  python -m benchmarks.run --models fcn8s,segnet --reps 5 --json out.json
-  python -m benchmarks.run --models fcn8s --lowering xla   # plain lax.conv lowering
-  python -m benchmarks.run --pipeline               # input pipeline images/s per core
+The PyTorch side needs torch and torchvision, and for the models without a
+torchvision counterpart the references in a checkout's tests/torch_ref.
 
 For each model (its default input shape from `DEFAULTS`, or `--batch` /
 `--size`): a jitted train step (optax SGD with momentum, softmax

@@ -469,7 +469,7 @@ def restore_for_inference(
     return state, disk_meta
   raise FileNotFoundError(
     f'no complete checkpoint found in {path} (looked in {", ".join(candidates)}); train first with '
-    '`python -m train.main --config ... --workdir DIR` and pass that DIR.'
+    '`jaxseg train --config ... --workdir DIR` and pass that DIR.'
   )
 
 

@@ -7,8 +7,8 @@ and `export_state_dict(variables, layout)` are the same conversions given a `Lay
 and the target variables (or their shapes) directly.
 
 The submodules `convert` and `export` are command lines:
-`python -m jaxseg.weights.convert` (PyTorch file -> jaxseg checkpoint directory,
-`jaxseg.weights.convert.convert_checkpoint`) and `python -m jaxseg.weights.export`
+`jaxseg convert` (PyTorch file -> jaxseg checkpoint directory,
+`jaxseg.weights.convert.convert_checkpoint`) and `jaxseg export`
 (checkpoint directory -> PyTorch-layout file, `jaxseg.weights.export.export_checkpoint`).
 """
 

@@ -1,6 +1,6 @@
 """Converts a PyTorch checkpoint into a jaxseg checkpoint directory.
 
-  python -m jaxseg.weights.convert --model NAME --input FILE --output DIR \
+  jaxseg convert --model NAME --input FILE --output DIR \
       [--num_classes N] [--model_kwargs JSON] [--normalize imagenet|caffe] [--overwrite]
 
 NAME is a registered model or backbone with a PyTorch layout (`fcn8s`,

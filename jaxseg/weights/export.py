@@ -1,8 +1,8 @@
 """Exports a jaxseg checkpoint to a PyTorch-layout state dict.
 
-  python -m jaxseg.weights.export --checkpoint DIR --output FILE.safetensors
+  jaxseg export --checkpoint DIR --output FILE.safetensors
 
-DIR is a checkpoint written by `python -m jaxseg.weights.convert` (or
+DIR is a checkpoint written by `jaxseg convert` (or
 `jaxseg.weights.save_checkpoint`, e.g. after fine-tuning); its model must have a
 PyTorch layout. The file holds the reference implementation's keys and shapes
 (OIHW convolutions, running_mean/var, num_batches_tracked; torchvision VGG's fc6/fc7

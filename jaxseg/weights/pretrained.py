@@ -31,8 +31,8 @@ naming every missing, unused or mis-shaped key; nothing is partially loaded):
   in `directory/state` plus `directory/jaxseg.json` (model or backbone name,
   num_classes, model kwargs, source file, input normalisation), written to a
   temporary directory and renamed into place so that a crash never leaves a
-  half-written checkpoint. `python -m jaxseg.weights.convert` writes them;
-  `train.eval` / `train.predict` and `python -m jaxseg.weights.export` read them
+  half-written checkpoint. `jaxseg convert` writes them;
+  `jaxseg eval` / `jaxseg predict` and `jaxseg export` read them
   with `load_checkpoint`.
 
 Input normalisation: torchvision checkpoints expect RGB in [0, 1] normalised
@@ -488,12 +488,12 @@ def checkpoint_metadata(directory) -> dict:
   if os.path.isfile(os.fspath(directory)):
     raise ValueError(
       f'{directory} is a file, but a converted checkpoint directory (with {METADATA_FILE}) is '
-      'expected; convert a PyTorch file first with `jaxseg convert` (python -m jaxseg.weights.convert).'
+      'expected; convert a PyTorch file first with `jaxseg convert`.'
     )
   if not os.path.isfile(path):
     raise FileNotFoundError(
       f'{path} not found: {directory} is not a jaxseg converted checkpoint '
-      '(write one with `python -m jaxseg.weights.convert`).'
+      '(write one with `jaxseg convert`).'
     )
   try:
     with open(path, encoding='utf-8') as f:
@@ -517,7 +517,7 @@ def build_from_metadata(meta: Mapping) -> Any:
 
 
 def load_checkpoint(directory) -> tuple[Any, dict]:
-  """Reads a checkpoint written by `save_checkpoint` / `python -m jaxseg.weights.convert`.
+  """Reads a checkpoint written by `save_checkpoint` / `jaxseg convert`.
 
   Returns:
     `(model, variables)`: the module built from the sidecar's name and kwargs
