@@ -198,9 +198,7 @@ def test_voc_only_config(tree, tmp_path):
 
 
 def test_unprepared_dataset_error_names_the_command(tmp_path):
-  with pytest.raises(
-    FileNotFoundError, match='jaxseg prepare --dataset voc --config 2012_aug'
-  ):
+  with pytest.raises(FileNotFoundError, match='jaxseg prepare --dataset voc --config 2012_aug'):
     voc.load_source('2012_aug', 'train_aug', str(tmp_path))
   with pytest.raises(ValueError, match='VOC config must be one of'):
     voc.load_source('2011', 'train', str(tmp_path))

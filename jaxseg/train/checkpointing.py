@@ -78,6 +78,29 @@ def set_aside_incomplete_steps(directory: str) -> list[str]:
   return moved
 
 
+class _DropReadOnlyNotes:
+  """Filters orbax's two warnings that a read-only manager is read-only (it is asked to be)."""
+
+  def filter(self, record) -> bool:
+    msg = record.getMessage()
+    return 'read_only=True' not in msg and 'Given directory is read only' not in msg
+
+
+def _read_only_manager(directory: str):
+  """An orbax CheckpointManager that only reads `directory` (eval, predict, inspection)."""
+  import logging
+
+  note = _DropReadOnlyNotes()
+  logger = logging.getLogger('absl')  # orbax logs through absl.logging
+  logger.addFilter(note)
+  try:
+    return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
+    )
+  finally:
+    logger.removeFilter(note)
+
+
 def checkpoint_meta(config: ml_collections.ConfigDict) -> dict:
   """What a checkpoint records besides arrays: enough to rebuild the model for eval/predict."""
   return {
@@ -443,9 +466,7 @@ def restore_for_inference(
   for directory in candidates:
     if not os.path.isdir(directory):
       continue
-    manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
-    )
+    manager = _read_only_manager(directory)
     step = manager.latest_step()
     if step is None:
       continue
@@ -478,9 +499,7 @@ def read_meta(workdir_or_dir: str) -> dict:
   path = os.path.abspath(workdir_or_dir)
   for directory in (os.path.join(path, 'checkpoints'), path):
     if os.path.isdir(directory):
-      manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True)
-      )
+      manager = _read_only_manager(directory)
       step = manager.latest_step()
       if step is not None:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']

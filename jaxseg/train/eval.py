@@ -162,6 +162,7 @@ def main(argv):
     window=f.sliding_window,
     crf=f.crf,
     best=f.best,
+    progress=sys.stderr.isatty(),  # a bar on a terminal; nothing in a log file
   )
   path = f.output or os.path.join(f.checkpoint, f'eval_{out["split"]}.json')
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
