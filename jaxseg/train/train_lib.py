@@ -263,7 +263,11 @@ def _train_and_evaluate(config, workdir, progress, created: list) -> dict:
           writer.scalars(done, record)
           bar.set_postfix(loss=f'{last_metrics["loss"]:.4f}', lr=f'{lr:.3g}', img_s=f'{rate:.1f}')
           if print_lines and log:
-            eta = (num_steps - done) / steps_per_s if steps_per_s > 0 else math.inf
+            # The first step's time is mostly compilation: no ETA from it.
+            first_read = done == start + 1
+            eta = (
+              (num_steps - done) / steps_per_s if steps_per_s > 0 and not first_read else math.inf
+            )
             line = logging_lib.progress_line(
               done, num_steps, loss=last_metrics['loss'], lr=lr, images_per_s=rate, eta_s=eta
             )
