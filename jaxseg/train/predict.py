@@ -185,9 +185,9 @@ def predict_from_config(config, workdir: str, state, model) -> list[str]:
   """
   from jaxseg import data as data_lib
 
-  source = data_lib.get_source(config, config.dataset.eval_split)
   if int(config.predict.num_images) <= 0:
     return []
+  source = data_lib.get_source(config, config.dataset.eval_split)
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   out_dir = os.path.join(workdir, 'predictions')
   return predict_source(
@@ -222,7 +222,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def main(argv):
-  prog = argv[0]
+  """A missing input, an unknown split or an unprepared dataset raise; `jaxseg` reports them in one line."""
+  del argv
   from jaxseg import cpu_conv
 
   cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
@@ -235,11 +236,7 @@ def main(argv):
     from jaxseg.train import checkpointing
 
     config = checkpointing.config_from_meta(checkpointing.read_meta(f.checkpoint))
-    try:
-      source = data_lib.get_source(config, f.split)
-    except (ValueError, FileNotFoundError) as e:
-      print(f'{prog}: {e}', file=sys.stderr)
-      return 2
+    source = data_lib.get_source(config, f.split)  # before loading weights: a bad split fails fast
     config, model, variables = evaluation.load_trained(f.checkpoint, config, best=f.best)
     count = len(source) if f.num_images <= 0 else min(f.num_images, len(source))
     paths = predict_source(
@@ -258,11 +255,7 @@ def main(argv):
     print(f'wrote {_plural(count, "prediction")} of split {f.split!r} to {f.output}')
     return 0
 
-  try:
-    files = list_images(f.input)
-  except FileNotFoundError as e:
-    print(f'{prog}: {e}', file=sys.stderr)
-    return 2
+  files = list_images(f.input)
   config, model, variables = evaluation.load_trained(f.checkpoint, best=f.best)
   written, skipped = 0, []
   for path in files:
