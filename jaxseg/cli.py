@@ -100,7 +100,8 @@ def run_absl(module_name: str, define_flags, main, argv, prog: str, parse_hook=N
 
   `--help` prints the module's docstring and its own flags only (not absl's).
   A flag error is one line naming the flag, not a traceback. `parse_hook(argv)`
-  may rewrite the arguments first (e.g. resolve a recipe name). absl's INFO
+  may rewrite the arguments first (e.g. resolve a recipe name). Before `main`
+  it sets jaxseg's XLA:CPU flag (`cpu_conv.configure_xla_flags`); absl's INFO
   logging is off unless --verbosity is given.
   """
   from absl import app, flags
@@ -133,6 +134,9 @@ def run_absl(module_name: str, define_flags, main, argv, prog: str, parse_hook=N
     sys.exit(2)
 
   def quiet_main(args):
+    from jaxseg import cpu_conv
+
+    cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
     if not flags.FLAGS['verbosity'].present:
       from absl import logging
 

@@ -436,6 +436,21 @@ def test_select_auto_off_cpu(monkeypatch):
 YNN = '--xla_cpu_experimental_ynn_fusion_type'
 
 
+def test_jaxseg_subcommands_set_the_flag_before_their_main(monkeypatch):
+  """`jaxseg train|eval|predict` (cli.run_absl) add the flag before the program's main runs."""
+  from jaxseg import cli
+
+  monkeypatch.delenv(cpu_conv.OPT_OUT_ENV, raising=False)
+  monkeypatch.setattr(cpu_conv, '_jaxlib_verified', lambda: True)
+  monkeypatch.setenv('XLA_FLAGS', '')
+  seen = []
+  with pytest.raises(SystemExit) as exit_:
+    cli.run_absl(
+      __name__, lambda: None, lambda argv: seen.append(os.environ['XLA_FLAGS']), [], 'jaxseg test'
+    )
+  assert exit_.value.code is None and seen == [f'{YNN}=reduce']
+
+
 def test_configure_xla_flags(monkeypatch):
   """The YNNPACK flag is added once, never over the user's own setting or the opt-out."""
   monkeypatch.delenv(cpu_conv.OPT_OUT_ENV, raising=False)

@@ -149,9 +149,6 @@ def evaluate_checkpoint(
 
 def main(argv):
   del argv
-  from jaxseg import cpu_conv
-
-  cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
   f = flags.FLAGS
   out = evaluate_checkpoint(
     f.checkpoint,

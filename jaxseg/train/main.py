@@ -34,9 +34,6 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from jaxseg import cpu_conv
-
-  cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
   import jax
 
   from jaxseg.train import train_lib

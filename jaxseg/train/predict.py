@@ -224,9 +224,6 @@ def _plural(n: int, word: str) -> str:
 def main(argv):
   """A missing input, an unknown split or an unprepared dataset raise; `jaxseg` reports them in one line."""
   del argv
-  from jaxseg import cpu_conv
-
-  cpu_conv.configure_xla_flags()  # before JAX starts its backend, which reads XLA_FLAGS once
   from jaxseg.train import evaluation
 
   f = flags.FLAGS
