@@ -46,7 +46,9 @@ def test_config_loads_and_resolves(name, variant):
   )
   unknown = _schema_keys(c) - BASE_KEYS
   assert not unknown, f'configs/{name}.py sets fields outside the schema: {sorted(unknown)}'
-  model = jaxseg.create_model(c.model.name, num_classes=c.dataset.num_classes, **c.model.kwargs)
+  model = jaxseg.create_model(
+    c.model.name, num_classes=jaxseg.data.dataset_info(c).num_classes, **c.model.kwargs
+  )
   assert model is not None
   if variant == 'smoke':
     from jaxseg import data

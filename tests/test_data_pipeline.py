@@ -177,8 +177,8 @@ def test_bad_configs():
     data.create_train_iterator(_config(), seed=0, process_count=3)
   with pytest.raises(ValueError, match='process_index'):
     data.create_eval_iterator(_config(), process_index=2, process_count=2)
-  with pytest.raises(ValueError, match="'synthetic' or 'voc'"):
-    data.create_train_iterator(_config(name='cityscapes'), seed=0)
+  with pytest.raises(ValueError, match="unknown dataset 'citiscapes'. Did you mean 'cityscapes'"):
+    data.create_train_iterator(_config(name='citiscapes'), seed=0)
   with pytest.raises(ValueError, match='normalize mode'):
     data.create_train_iterator(_config(normalize='torch'), seed=0)
 

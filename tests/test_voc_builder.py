@@ -13,7 +13,7 @@ from PIL import Image
 from jaxseg import data
 from jaxseg.configs import common
 from jaxseg.configs.common import base_config
-from jaxseg.data import palette, prepare, voc
+from jaxseg.data import datasets, palette, prepare, voc
 
 
 def _save_jpeg(path, image):
@@ -112,7 +112,9 @@ def _write_sbd_mat(path, mask):
 def prepared(tree, tmp_path_factory):
   manual, masks = tree
   out = tmp_path_factory.mktemp('tfds')
-  builder = prepare.prepare_voc('2012_aug', str(manual), str(out), progress=False)
+  builder = datasets.prepare_dataset(
+    'voc', config='2012_aug', manual_dir=str(manual), data_dir=str(out)
+  )
   return builder, out, masks
 
 
@@ -126,6 +128,9 @@ def test_splits_and_skips(prepared):
   assert builder.info.splits['train_aug'].num_examples == 5  # 3 VOC train + 2 SBD-only
   assert builder.info.splits['val'].num_examples == 2
   assert dict(builder.skipped['train_aug']) == {'unreadable': 1, 'size_mismatch': 1}
+  reasons = dict(builder.skipped_files['train_aug'])
+  assert sorted(reasons) == ['2007_000004', '2007_000005'] or len(reasons) == 2
+  assert any('size_mismatch: image' in r for r in reasons.values())
   assert not builder.skipped.get('val')
 
 
@@ -176,13 +181,16 @@ def test_pipeline_reads_prepared_voc(prepared):
   assert data.num_examples(c, 'train_aug') == 5 and data.num_examples(c) == 2
   assert data.dataset_info(c)['class_names'][15] == 'person'
   batches = list(data.create_eval_iterator(c, batch_size=4))
-  assert len(batches) == 1 and batches[0]['image'].shape == (4, 500, 500, 3)
+  # Padded to the split's largest image, recorded at prepare time.
+  assert len(batches) == 1 and batches[0]['image'].shape == (4, 375, 500, 3)
   assert batches[0]['mask'].tolist() == [True, True, False, False]
 
 
 def test_voc_only_config(tree, tmp_path):
   manual, _ = tree
-  builder = prepare.prepare_voc('2012', str(manual), str(tmp_path), progress=False)
+  builder = datasets.prepare_dataset(
+    'voc', config='2012', manual_dir=str(manual), data_dir=str(tmp_path)
+  )
   assert builder.info.splits['train'].num_examples == 3
   assert builder.info.splits['val'].num_examples == 2
   # A VOC+SBD recipe (train_split 'train_aug') pointed at '2012' names the override to add.
@@ -208,11 +216,16 @@ def test_missing_manual_data_is_a_clear_error(tmp_path):
   os.makedirs(tmp_path / 'wrong')
   (tmp_path / 'wrong' / 'README').write_text('not VOC')
   with pytest.raises(FileNotFoundError, match='no VOCdevkit/VOC2012'):
-    prepare.prepare_voc('2012', str(tmp_path / 'wrong'), str(tmp_path / 'out'), progress=False)
+    datasets.prepare_dataset(
+      'voc', config='2012', manual_dir=str(tmp_path / 'wrong'), data_dir=str(tmp_path / 'out')
+    )
   os.makedirs(tmp_path / 'voc_only' / 'VOCdevkit' / 'VOC2012' / 'JPEGImages')
   with pytest.raises(FileNotFoundError, match="'2012_aug' needs SBD"):
-    prepare.prepare_voc(
-      '2012_aug', str(tmp_path / 'voc_only'), str(tmp_path / 'out'), progress=False
+    datasets.prepare_dataset(
+      'voc',
+      config='2012_aug',
+      manual_dir=str(tmp_path / 'voc_only'),
+      data_dir=str(tmp_path / 'out'),
     )
 
 
@@ -240,6 +253,7 @@ def test_cli_from_official_archives(tree, tmp_path, capsys):
   # Nothing is downloaded, so nothing may say so.
   assert 'Preparing voc_segmentation/2012_aug from local files into ' in printed
   assert 'ownload' not in printed
-  assert "train_aug: 5 examples, skipped {'unreadable': 1, 'size_mismatch': 1}" in printed
+  assert 'train_aug: 5 examples, skipped 2:' in printed
+  assert 'size_mismatch: image ' in printed and 'unreadable: ' in printed
   assert 'val: 2 examples' in printed
   assert len(voc.load_source('2012_aug', 'train_aug', str(out))) == 5

@@ -4,6 +4,7 @@
   jaxseg benchmark --models fcn8s,segnet --reps 5 --json out.json
   jaxseg benchmark --models fcn8s --lowering xla   # plain lax.conv lowering
   jaxseg benchmark --pipeline                      # input pipeline images/s per core
+  jaxseg benchmark --pipeline --pipeline-dataset cityscapes --pipeline-data-dir DIR --size 769
 
 The PyTorch side needs torch and torchvision, and for the models without a
 torchvision counterpart the references in a checkout's tests/torch_ref.
@@ -554,6 +555,8 @@ def run_pipeline(args) -> dict[str, Any]:
 
   config = base_config()
   config.dataset.name = args.pipeline_dataset
+  config.dataset.config = args.pipeline_config
+  config.dataset.data_dir = args.pipeline_data_dir
   if args.size:
     config.dataset.crop_size = _parse_size(args.size)
   config.train.batch_size = args.batch or 8
@@ -606,7 +609,11 @@ def main(argv=None, prog=None) -> dict[str, Any]:
   )
   parser.add_argument('--gemm-size', type=int, default=2048, help='n of the n^3 float32 GEMM peak')
   parser.add_argument('--pipeline', action='store_true', help='measure the input pipeline instead')
-  parser.add_argument('--pipeline-dataset', default='synthetic')
+  parser.add_argument(
+    '--pipeline-dataset', default='synthetic', help='dataset name (jaxseg.data.list_datasets())'
+  )
+  parser.add_argument('--pipeline-config', default='', help='its config (e.g. a folder name)')
+  parser.add_argument('--pipeline-data-dir', default='', help='where it is prepared')
   args = parser.parse_args(argv)
   cpu_conv.configure_xla_flags()  # before JAX starts its backend
   report = run_pipeline(args) if args.pipeline else run_models(args)

@@ -52,6 +52,16 @@ def voc_palette(n: int = 256) -> np.ndarray:
 _PALETTE = voc_palette()
 
 
+def full_palette(colors) -> np.ndarray:
+  """(256, 3) uint8: the given class colours first, black for the other indices (255 = ignore)."""
+  colors = np.asarray(colors, np.uint8).reshape(-1, 3)
+  if len(colors) > 256:
+    raise ValueError(f'a palette holds at most 256 colours, got {len(colors)}.')
+  pal = np.zeros((256, 3), np.uint8)
+  pal[: len(colors)] = colors
+  return pal
+
+
 def colorize(mask: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
   """Integer mask (..., H, W) with values in [0, 255] -> uint8 RGB (..., H, W, 3)."""
   mask = np.asarray(mask)

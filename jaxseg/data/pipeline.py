@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import grain
 import numpy as np
 
-from jaxseg.data import palette as palette_lib
 from jaxseg.data import synthetic, transforms
 
 
@@ -55,8 +53,9 @@ def _synthetic_count(config, split: str) -> int:
 def get_source(config, split: str):
   """The random-access source of `split`: records {'image': uint8 HWC, 'label': uint8 HW}.
 
-  `source.example_id(i)` names example i ('2007_000033' in VOC, 'val_00003' in
-  the generated set); examples come in the split's order.
+  `source.example_id(i)` names example i ('2007_000033' in VOC, the file stem
+  in Cityscapes and folders, 'val_00003' in the generated set); examples come
+  in the split's order.
   """
   name = config.dataset.name
   if name == 'synthetic':
@@ -64,17 +63,26 @@ def get_source(config, split: str):
       split,
       _synthetic_count(config, split),
       size=config.dataset.synthetic_size,
-      num_classes=config.dataset.num_classes,
+      num_classes=_num_classes(config),
     )
-  if name == 'voc':
-    from jaxseg.data import voc  # TFDS import is slow; only pay it when needed.
+  from jaxseg.data import datasets  # TFDS import is slow; only pay it when needed.
 
-    # The config field that named the split, so a wrong split name gets the exact override to add.
-    field = next((f for f in ('train_split', 'eval_split') if config.dataset[f] == split), None)
-    return voc.load_source(
-      config.dataset.config or '2012_aug', split, config.dataset.data_dir, field=field
-    )
-  raise ValueError(f"config.dataset.name must be 'synthetic' or 'voc', got {name!r}.")
+  # The config field that named the split, so a wrong split name gets the exact override to add.
+  field = next((f for f in ('train_split', 'eval_split') if config.dataset[f] == split), None)
+  return datasets.load_source(
+    name, split, config=config.dataset.config, data_dir=config.dataset.data_dir or None, field=field
+  )
+
+
+def _num_classes(config) -> int:
+  n = int(config.dataset.num_classes)
+  return n if n > 0 else datasets_lib().SYNTHETIC_NUM_CLASSES
+
+
+def datasets_lib():
+  from jaxseg.data import datasets
+
+  return datasets
 
 
 def num_examples(config, split: str | None = None) -> int:
@@ -88,27 +96,62 @@ def num_examples(config, split: str | None = None) -> int:
   return len(get_source(config, split))
 
 
-def dataset_info(config) -> dict[str, Any]:
-  """{'num_classes', 'class_names', 'ignore_index', 'palette' (256, 3) uint8}."""
-  num_classes = int(config.dataset.num_classes)
-  if config.dataset.name == 'synthetic':
-    names = synthetic.class_names(num_classes)
-  elif config.dataset.name == 'voc':
-    names = palette_lib.VOC_CLASSES
-    if num_classes != len(names):
-      raise ValueError(
-        f'VOC has {len(names)} classes but config.dataset.num_classes={num_classes}.'
-      )
-  else:
+def dataset_info(config):
+  """The `datasets.DatasetInfo` of config.dataset (class names, num_classes, ignore index, palette).
+
+  Raises ValueError when config.dataset.num_classes is set (> 0) and differs
+  from the dataset's class count.
+  """
+  datasets = datasets_lib()
+  name = config.dataset.name
+  n = int(config.dataset.num_classes)
+  if name == 'synthetic':
+    return datasets.dataset_info('synthetic', str(n) if n > 0 else '')
+  info = datasets.dataset_info(
+    name, config.dataset.config, data_dir=config.dataset.data_dir or None
+  )
+  if n > 0 and n != info.num_classes:
+    label = f'{name} {info.config!r}' if info.config else name
     raise ValueError(
-      f"config.dataset.name must be 'synthetic' or 'voc', got {config.dataset.name!r}."
+      f'config.dataset.num_classes={n} but {label} has {info.num_classes} classes '
+      f'({", ".join(info.class_names[:5])}{", ..." if info.num_classes > 5 else ""}). '
+      f'Set --config.dataset.num_classes={info.num_classes}, or 0 to take it from the dataset.'
     )
-  return {
-    'num_classes': num_classes,
-    'class_names': tuple(names),
-    'ignore_index': int(config.dataset.ignore_index),
-    'palette': palette_lib.voc_palette(),
-  }
+  return info
+
+
+def resolve_config(config):
+  """Fills in what config.dataset leaves to the dataset, in place; returns the DatasetInfo.
+
+  * dataset.num_classes = 0 becomes the dataset's class count (a different
+    non-zero count is a ValueError naming both);
+  * train.class_weighting = 'median_frequency' sets train.class_weights from
+    the training split's label statistics (`datasets.class_weights`).
+  Idempotent: the trainer, eval and predict call it before building a model.
+  """
+  info = dataset_info(config)
+  config.dataset.num_classes = info.num_classes
+  weighting = config.train.get('class_weighting', '') or ''
+  if weighting and weighting != 'none' and not tuple(config.train.get('class_weights', ()) or ()):
+    if config.dataset.name == 'synthetic':
+      from jaxseg import losses
+
+      source = get_source(config, config.dataset.train_split)
+      weights = losses.median_frequency_from_masks(
+        (source[i]['label'] for i in range(len(source))), info.num_classes
+      )
+      weights = tuple(float(w) for w in weights)
+    else:
+      weights = datasets_lib().class_weights(
+        config.dataset.name,
+        config.dataset.train_split,
+        config=info.config,
+        data_dir=config.dataset.data_dir or None,
+        method=weighting,
+      )
+    with config.ignore_type():
+      config.train.class_weights = weights
+  return info
 
 
 def _check_process(process_index: int, process_count: int) -> None:

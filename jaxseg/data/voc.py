@@ -25,25 +25,26 @@ temporary folder first):
   jaxseg prepare --dataset voc --config 2012_aug \
       --manual_dir DIR --data_dir OUT
 
-Unreadable or corrupt images/masks and image/mask size mismatches are skipped,
-counted (`VocSegmentation.skipped`) and reported with a warning; they never
-stop the build half-way.
+Unreadable or corrupt images/masks and image/mask size mismatches are skipped
+and reported with their reason (`builder.skipped_files`); they never stop the
+build half-way (see `jaxseg.data.builder`).
 """
 
 from __future__ import annotations
 
 import atexit
-import io
 import logging
 import os
 import shutil
 import tarfile
 import tempfile
-from collections import Counter
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+
+from jaxseg.data import builder as builder_lib
+from jaxseg.data.palette import VOC_CLASSES, voc_palette
 
 VOC_ARCHIVE = 'VOCtrainval_11-May-2012.tar'
 SBD_ARCHIVE = 'benchmark.tgz'
@@ -57,11 +58,6 @@ _SPLIT_ELSEWHERE = {
 }
 
 log = logging.getLogger(__name__)
-
-
-def prepare_command(config_name: str, data_dir: str | None) -> str:
-  out = f' --data_dir {data_dir}' if data_dir else ''
-  return f'jaxseg prepare --dataset voc --config {config_name} --manual_dir DIR{out}'
 
 
 def check_split(config_name: str, split: str, field: str | None = None) -> None:
@@ -157,19 +153,6 @@ def _read_ids(path: str) -> list[str]:
     return [line.split()[0] for line in f if line.strip()]
 
 
-def _load_image(path: str) -> tuple[bytes, tuple[int, int]]:
-  """Decodes fully (catching truncated files); returns (bytes TFDS stores, (width, height))."""
-  with open(path, 'rb') as f:
-    raw = f.read()
-  with Image.open(io.BytesIO(raw)) as im:
-    im.load()
-    if im.format == 'JPEG' and im.mode == 'RGB':
-      return raw, im.size
-    buf = io.BytesIO()
-    im.convert('RGB').save(buf, format='PNG')
-    return buf.getvalue(), im.size
-
-
 def _load_voc_mask(path: str) -> np.ndarray:
   with Image.open(path) as im:
     im.load()
@@ -185,17 +168,11 @@ def _load_sbd_mask(path: str) -> np.ndarray:
   return np.asarray(mat['GTcls'].Segmentation, np.uint8)
 
 
-def _encode_mask(mask: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(mask, mode='L').save(buf, format='PNG')
-  return buf.getvalue()
-
-
 class VocSegmentationConfig(tfds.core.BuilderConfig):
   """'2012' (VOC only) or '2012_aug' (VOC + SBD)."""
 
 
-class VocSegmentation(tfds.core.GeneratorBasedBuilder):
+class VocSegmentation(builder_lib.SegmentationBuilder):
   """PASCAL VOC 2012 semantic segmentation, optionally with the SBD masks."""
 
   VERSION = tfds.core.Version('1.1.0')
@@ -213,56 +190,49 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
     'Place VOCdevkit/VOC2012 (or VOCtrainval_11-May-2012.tar) and, for 2012_aug, '
     'benchmark_RELEASE (or benchmark.tgz) in manual_dir.'
   )
+  DATASET = 'voc'
+  CLASS_NAMES = VOC_CLASSES
+  SPLITS = SPLITS
+  MAX_IMAGE_SIZE = MAX_IMAGE_SIZE
+  LAYOUT = 'VOCdevkit/VOC2012 (+ benchmark_RELEASE for 2012_aug), or the official archives'
+  HOMEPAGE = 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/'
 
-  def __init__(self, **kwargs):
-    super().__init__(**kwargs)
-    self.skipped: dict[str, Counter] = {}
+  @classmethod
+  def default_config_name(cls) -> str:
+    return '2012_aug'
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(None, None, 3)),
-          'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-          'file_name': tfds.features.Text(),
-        }
-      ),
-      homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
-      # Example i of a split is the i-th id of its image list, so predictions of the first N
-      # examples are the first N images of the list.
-      disable_shuffling=True,
-    )
+  @classmethod
+  def check_config(cls, config_name: str) -> None:
+    if config_name not in SPLITS:
+      raise ValueError(f'VOC config must be one of {list(SPLITS)}, got {config_name!r}.')
 
-  def _log_download_bytes(self) -> None:
-    # TFDS announces 'Downloading and preparing dataset ...' here; nothing is downloaded.
-    print(
-      f'Preparing {self.name}/{self.builder_config.name} from local files into {self.data_dir} ...',
-      flush=True,
-    )
+  @classmethod
+  def check_split(cls, config_name: str, split: str, field: str | None = None) -> None:
+    check_split(config_name, split, field)
 
-  def _log_download_done(self) -> None:
-    pass  # `jaxseg prepare` prints the split sizes and the folder when it is done
+  @classmethod
+  def check_manual_dir(cls, manual_dir: str, config_name: str) -> None:
+    check_manual_dir(manual_dir, config_name)
 
-  def _split_generators(self, dl_manager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
+  def palette(self) -> np.ndarray:
+    return voc_palette()
+
+  def split_items(self, manual_dir: str) -> dict[str, list[builder_lib.Item]]:
     voc = find_voc_root(manual_dir)
     seg_sets = os.path.join(voc, 'ImageSets', 'Segmentation')
     voc_train, voc_val = (_read_ids(os.path.join(seg_sets, f'{s}.txt')) for s in ('train', 'val'))
 
     def voc_item(i):
-      return (
+      return builder_lib.Item(
         i,
         os.path.join(voc, 'JPEGImages', f'{i}.jpg'),
         os.path.join(voc, 'SegmentationClass', f'{i}.png'),
       )
 
     val = [voc_item(i) for i in voc_val]
-    train_split, val_split = SPLITS[self.builder_config.name]
-    if self.builder_config.name == '2012':
-      return {
-        train_split: self._generate_examples([voc_item(i) for i in voc_train], train_split),
-        val_split: self._generate_examples(val, val_split),
-      }
+    train_split, val_split = SPLITS[self.config_name]
+    if self.config_name == '2012':
+      return {train_split: [voc_item(i) for i in voc_train], val_split: val}
     sbd = find_sbd_root(manual_dir)
     sbd_ids = _read_ids(os.path.join(sbd, 'train.txt')) + _read_ids(os.path.join(sbd, 'val.txt'))
     exclude = set(voc_val)
@@ -271,78 +241,23 @@ class VocSegmentation(tfds.core.GeneratorBasedBuilder):
       if i in seen or i in exclude:
         continue
       seen.add(i)
-      image, mask = voc_item(i)[1:]
+      _, image, mask = voc_item(i)
       if not os.path.exists(mask):  # SBD-only image: SBD mask (and SBD image if VOC lacks it)
         mask = os.path.join(sbd, 'cls', f'{i}.mat')
         if not os.path.exists(image):
           image = os.path.join(sbd, 'img', f'{i}.jpg')
-      train.append((i, image, mask))
-    return {
-      train_split: self._generate_examples(train, train_split),
-      val_split: self._generate_examples(val, val_split),
-    }
+      train.append(builder_lib.Item(i, image, mask))
+    return {train_split: train, val_split: val}
 
-  def _generate_examples(self, items, split):
-    skipped = self.skipped.setdefault(split, Counter())
-    for key, image_path, mask_path in items:
-      try:
-        image, (w, h) = _load_image(image_path)
-        mask = (
-          _load_sbd_mask(mask_path) if mask_path.endswith('.mat') else _load_voc_mask(mask_path)
-        )
-      except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, never fatal
-        skipped['unreadable'] += 1
-        log.warning('skipping %s (%s): %s: %s', key, split, type(e).__name__, e)
-        continue
-      if mask.shape != (h, w):
-        skipped['size_mismatch'] += 1
-        log.warning('skipping %s (%s): image %dx%d but mask %s', key, split, h, w, mask.shape)
-        continue
-      yield key, {'image': image, 'label': _encode_mask(mask), 'file_name': key}
-    if skipped:
-      log.warning('%s: skipped %s', split, dict(skipped))
-
-
-class VocSource:
-  """grain RandomAccessDataSource view of a prepared split: {'image' HWC uint8, 'label' HW uint8}."""
-
-  def __init__(self, data_source, config_name: str, split: str):
-    self._ds = data_source
-    self.config_name = config_name
-    self.split = split
-    self.max_image_size = MAX_IMAGE_SIZE
-
-  def __len__(self) -> int:
-    return len(self._ds)
-
-  def __getitem__(self, index):
-    rec = self._ds[int(index)]
-    return {'image': rec['image'], 'label': rec['label'][..., 0]}
-
-  def example_id(self, index: int) -> str:
-    """The VOC image id of example `index`, e.g. '2007_000033'."""
-    name = self._ds[int(index)]['file_name']
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-  def __repr__(self) -> str:
-    # grain validates restored iterator state against repr(data_source).
-    return f'VocSource(config={self.config_name!r}, split={self.split!r}, n={len(self)})'
+  def read_label(self, path: str) -> np.ndarray:
+    # VOC's indices as they are: 0-20 and 255 (void).
+    return _load_sbd_mask(path) if path.endswith('.mat') else _load_voc_mask(path)
 
 
 def load_source(
   config_name: str, split: str, data_dir: str | None = None, *, field: str | None = None
-) -> VocSource:
-  """The prepared split as a random-access source; a clear error if it was never prepared.
+):
+  """The prepared split as a random-access source (`datasets.load_source` for 'voc')."""
+  from jaxseg.data import datasets
 
-  `field` names the config field the split came from, for the message when the
-  split does not exist (see `check_split`).
-  """
-  data_dir = data_dir or None
-  check_split(config_name, split, field)
-  builder = VocSegmentation(config=config_name, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-      f'VOC {config_name!r} is not prepared in {builder.data_dir_root}. Prepare it once with:\n  '
-      + prepare_command(config_name, data_dir)
-    )
-  return VocSource(builder.as_data_source(split=split), config_name, split)
+  return datasets.load_source('voc', split, config=config_name, data_dir=data_dir, field=field)

@@ -29,6 +29,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxseg.train import logging_lib
@@ -101,13 +102,17 @@ def _read_only_manager(directory: str):
     logger.removeFilter(note)
 
 
-def checkpoint_meta(config: ml_collections.ConfigDict) -> dict:
+def checkpoint_meta(config: ml_collections.ConfigDict, info=None) -> dict:
   """What a checkpoint records besides arrays: enough to rebuild the model for eval/predict."""
-  return {
+  meta = {
     'model': config.model.name,
     'num_classes': int(config.dataset.num_classes),
     'config': json.loads(config.to_json_best_effort()),
   }
+  if info is not None:  # so predictions are named and coloured without the dataset at hand
+    meta['class_names'] = list(info.class_names)
+    meta['colors'] = np.asarray(info.palette)[: info.num_classes].tolist()
+  return meta
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:

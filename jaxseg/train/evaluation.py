@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxseg import data as data_lib
 from jaxseg import metrics, ops
 from jaxseg.train import checkpointing, logging_lib, steps
 
@@ -74,13 +75,16 @@ def load_trained(
 ):
   """(config, model, variables) from a training workdir or checkpoint directory.
 
+  The model is built as evaluated (config.eval.model_kwargs applied).
   The config stored with the checkpoint is used unless `config` is given (its
   model name and class count must then match the checkpoint's). Run the model
   with `steps.make_apply(config, model)` for the recipe's convolution lowering.
   """
   if config is None:
     config = checkpointing.config_from_meta(checkpointing.read_meta(checkpoint))
-  model = steps.build_model(config)
+  if int(config.dataset.num_classes) <= 0:  # a config that leaves the class count to the dataset
+    data_lib.resolve_config(config)
+  model = steps.build_model(config, evaluation=True)
   state, _ = checkpointing.restore_for_inference(
     checkpoint,
     steps.abstract_train_state(config, model),
@@ -88,3 +92,19 @@ def load_trained(
     best=best,
   )
   return config, model, {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def class_palette(checkpoint: str, config: ml_collections.ConfigDict) -> np.ndarray:
+  """(256, 3) uint8 colours of the classes a checkpoint predicts.
+
+  The colours recorded with the checkpoint at training time, so predictions
+  are coloured as in the dataset without the dataset at hand; else the
+  dataset's palette, else VOC's.
+  """
+  meta = checkpointing.read_meta(checkpoint)
+  if meta.get('colors'):
+    return data_lib.full_palette(meta['colors'])
+  try:
+    return np.asarray(data_lib.dataset_info(config).palette, np.uint8)
+  except (OSError, ValueError):
+    return data_lib.voc_palette()

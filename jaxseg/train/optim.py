@@ -1,8 +1,8 @@
 """Learning-rate schedules and optimisers from `config.optim` (optax).
 
 Schedules count optimiser updates: poly (DeepLab's `(1 - t / T) ** power`),
-cosine, step (factors at fractions of the run) or constant, each after an
-optional linear warmup. SGD uses coupled L2 weight decay as Caffe and
+cosine, step (factors at fractions of the run), exponential (a factor every
+`decay_steps` updates) or constant, each after an optional linear warmup. SGD uses coupled L2 weight decay as Caffe and
 `torch.optim.SGD(weight_decay=...)` do; AdamW its decoupled decay.
 """
 
@@ -29,9 +29,18 @@ def make_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     main = optax.piecewise_constant_schedule(lr, bounds)
   elif name == 'constant':
     main = optax.constant_schedule(lr)
+  elif name == 'exponential':
+    # lr * decay_rate ** (updates // decay_steps): FC-DenseNet's decay by 0.995 after each epoch.
+    main = optax.exponential_decay(
+      lr,
+      transition_steps=max(int(o.get('decay_steps', 1)), 1),
+      decay_rate=float(o.get('decay_rate', 1.0)),
+      staircase=True,
+    )
   else:
     raise ValueError(
-      f"config.optim.schedule must be 'poly', 'cosine', 'step' or 'constant', got {name!r}."
+      "config.optim.schedule must be 'poly', 'cosine', 'step', 'exponential' or 'constant', "
+      f'got {name!r}.'
     )
   if warmup <= 0:
     return main
@@ -50,7 +59,11 @@ def _base_optimizer(config, schedule) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
   if name == 'adamw':
     return optax.adamw(schedule, weight_decay=wd)
-  raise ValueError(f"config.optim.name must be 'sgd', 'adam' or 'adamw', got {name!r}.")
+  if name == 'rmsprop':
+    # Lasagne's RMSprop (rho 0.9, epsilon 1e-6), which FC-DenseNet was trained with.
+    opt = optax.rmsprop(schedule, decay=0.9, eps=1e-6)
+    return optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
+  raise ValueError(f"config.optim.name must be 'sgd', 'adam', 'adamw' or 'rmsprop', got {name!r}.")
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:

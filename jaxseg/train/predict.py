@@ -119,9 +119,18 @@ def predict_probs(
 
 
 def write_prediction(
-  out_dir: str, name: str, image: np.ndarray, probs: np.ndarray, *, save_probs=False
+  out_dir: str,
+  name: str,
+  image: np.ndarray,
+  probs: np.ndarray,
+  *,
+  save_probs=False,
+  palette: np.ndarray | None = None,
 ) -> list[str]:
+  """Writes NAME.png (class ids, coloured by `palette`, default VOC's) and NAME_overlay.png."""
   from jaxseg import data as data_lib
+
+  palette = data_lib.voc_palette() if palette is None else np.asarray(palette, np.uint8)
 
   if not name or name in ('.', '..') or os.sep in name or (os.altsep and os.altsep in name):
     raise ValueError(
@@ -131,14 +140,14 @@ def write_prediction(
   pred = np.argmax(probs, -1).astype(np.uint8)
   mask_path = os.path.join(out_dir, f'{name}.png')
   pal = Image.fromarray(pred, mode='P')
-  pal.putpalette(data_lib.voc_palette().reshape(-1).tolist())
+  pal.putpalette(palette.reshape(-1).tolist())
   tmp = mask_path + '.tmp'
   pal.save(tmp, format='PNG')
   os.replace(tmp, mask_path)  # never leave a half-written PNG under the final name
   from jaxseg import ops
 
   image = ops.center_crop(image[None], pred.shape)[0]  # the valid U-Net predicts the centre only
-  side = np.concatenate([image, data_lib.overlay(image, pred)], axis=1)
+  side = np.concatenate([image, data_lib.overlay(image, pred, palette=palette)], axis=1)
   overlay_path = os.path.join(out_dir, f'{name}_overlay.png')
   Image.fromarray(side).save(overlay_path + '.tmp', format='PNG')
   os.replace(overlay_path + '.tmp', overlay_path)
@@ -163,6 +172,7 @@ def predict_source(
   scales=(1.0,),
   flip=False,
   save_probs=False,
+  palette: np.ndarray | None = None,
 ) -> list[str]:
   """Predictions for the first `num_images` examples of a dataset source (0 = all), in its order.
 
@@ -170,11 +180,17 @@ def predict_source(
   Returns the paths written.
   """
   count = len(source) if num_images <= 0 else min(int(num_images), len(source))
+  if palette is None:
+    from jaxseg import data as data_lib
+
+    palette = data_lib.dataset_info(config).palette
   paths = []
   for i in range(count):
     image = np.asarray(source[i]['image'])
     probs = predict_probs(model, variables, image, config, scales=scales, flip=flip)
-    paths += write_prediction(out_dir, source.example_id(i), image, probs, save_probs=save_probs)
+    paths += write_prediction(
+      out_dir, source.example_id(i), image, probs, save_probs=save_probs, palette=palette
+    )
   return paths
 
 
@@ -246,6 +262,7 @@ def main(argv):
       scales=scales,
       flip=f.flip,
       save_probs=f.probs,
+      palette=evaluation.class_palette(f.checkpoint, config),
     )
     for p in paths:
       print(p)
@@ -254,6 +271,7 @@ def main(argv):
 
   files = list_images(f.input)
   config, model, variables = evaluation.load_trained(f.checkpoint, best=f.best)
+  palette = evaluation.class_palette(f.checkpoint, config)
   written, skipped = 0, []
   for path in files:
     try:
@@ -265,7 +283,7 @@ def main(argv):
       continue
     probs = predict_probs(model, variables, image, config, scales=scales, flip=f.flip)
     name = os.path.splitext(os.path.basename(path))[0]
-    for p in write_prediction(f.output, name, image, probs, save_probs=f.probs):
+    for p in write_prediction(f.output, name, image, probs, save_probs=f.probs, palette=palette):
       print(p)
     written += 1
   summary = f'wrote {_plural(written, "prediction")} to {f.output}'

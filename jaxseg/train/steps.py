@@ -64,9 +64,26 @@ def model_kwargs(config) -> dict:
   return kwargs
 
 
-def build_model(config: ml_collections.ConfigDict):
-  """The model named by config.model, with the computation dtype of config.train.dtype."""
+def _resolved(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  # A config that leaves the class count (or class weights) to the dataset gets them filled in.
+  if int(config.dataset.num_classes) <= 0 or config.train.get('class_weighting', ''):
+    from jaxseg import data
+
+    data.resolve_config(config)
+  return config
+
+
+def build_model(config: ml_collections.ConfigDict, *, evaluation: bool = False):
+  """The model named by config.model, with the computation dtype of config.train.dtype.
+
+  `evaluation=True` applies config.eval.model_kwargs on top of config.model.kwargs:
+  settings that change how the trained parameters are run, not what they are
+  (DeepLabv3 evaluates at output stride 8 what it trained at 16).
+  """
+  _resolved(config)
   kwargs = model_kwargs(config)
+  if evaluation:
+    kwargs.update(dict(config.eval.get('model_kwargs', {}) or {}))
   try:
     return jaxseg.create_model(config.model.name, num_classes=config.dataset.num_classes, **kwargs)
   except TypeError as e:
@@ -139,6 +156,7 @@ class StepConfig:
 
 
 def step_config(config) -> StepConfig:
+  _resolved(config)
   cw = tuple(float(w) for w in config.train.get('class_weights', ()) or ()) or None
   if cw is not None and len(cw) != config.dataset.num_classes:
     raise ValueError(

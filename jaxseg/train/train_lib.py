@@ -182,10 +182,11 @@ def _train_and_evaluate(config, workdir, progress, created: list) -> dict:
     initialize_distributed(config)
   workdir = os.path.abspath(os.fspath(workdir))
   checkpointing.check_workdir_path(workdir)
+  info = data_lib.resolve_config(config)  # num_classes and class weights the config leaves open
   ckpt = checkpointing.Checkpointer(
     workdir,
     max_to_keep=int(config.train.max_to_keep),
-    meta=checkpointing.checkpoint_meta(config),
+    meta=checkpointing.checkpoint_meta(config, info),
   )
   ckpt.check_resume()  # from the stored config alone: before anything is built
   cfg = steps.step_config(config)
@@ -349,7 +350,14 @@ def _run_eval(config, parallel, state, writer, step, ckpt, progress) -> dict:
   )
   if not progress and jax.process_index() == 0:
     logging_lib.info(f'evaluating at step {step} on {config.dataset.eval_split!r}...')
-  result = evaluate(parallel, state, eval_iter, int(config.dataset.num_classes), progress=progress)
+  eval_state = state
+  if config.eval.get('model_kwargs'):  # the trained parameters run as config.eval.model_kwargs says
+    eval_model = steps.build_model(config, evaluation=True)
+    batch_axis = getattr(state.apply_fn, 'batch_axis', None)
+    eval_state = state.replace(apply_fn=steps.make_apply(config, eval_model, batch_axis=batch_axis))
+  result = evaluate(
+    parallel, eval_state, eval_iter, int(config.dataset.num_classes), progress=progress
+  )
   names = data_lib.dataset_info(config).get('class_names')
   table = format_iou_table(result, names)
   logging_lib.info(f'evaluation at step {step} ({config.dataset.eval_split}):\n{table}')
