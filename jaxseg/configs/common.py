@@ -16,14 +16,14 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = (
-    'synthetic'  # 'synthetic' (embedded, generated) or 'voc' (TFDS builder, prepared data)
-  )
-  c.dataset.config = ''  # builder config, e.g. '2012' or '2012_aug' for VOC
+  # 'synthetic' (embedded, generated), or a prepared dataset: 'voc', 'cityscapes', 'ade20k',
+  # 'camvid', 'folder' (jaxseg.data.list_datasets()).
+  c.dataset.name = 'synthetic'
+  c.dataset.config = ''  # '2012' or '2012_aug' for VOC; the name given at prepare time for a folder
   c.dataset.data_dir = (
     ''  # where prepared TFDS data lives ('' = TFDS default ~/tensorflow_datasets)
   )
-  c.dataset.num_classes = 21
+  c.dataset.num_classes = 0  # 0 = the dataset's (21 for the generated set); else must match it
   c.dataset.ignore_index = 255
   c.dataset.train_split = 'train'
   c.dataset.eval_split = 'val'
@@ -49,15 +49,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.weights = ''  # path to a full-model checkpoint in the model's PyTorch layout
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = 'sgd'  # 'sgd', 'adam' or 'adamw'
+  c.optim.name = 'sgd'  # 'sgd', 'adam', 'adamw' or 'rmsprop'
   c.optim.lr = 1e-3
   c.optim.momentum = 0.9
   c.optim.nesterov = False
   c.optim.weight_decay = 5e-4
-  c.optim.schedule = 'poly'  # 'poly', 'cosine', 'step' or 'constant'
+  c.optim.schedule = 'poly'  # 'poly', 'cosine', 'step', 'exponential' or 'constant'
   c.optim.power = 0.9  # poly exponent
   c.optim.step_boundaries = ()  # fractions of num_steps for 'step'
   c.optim.step_factor = 0.1
+  c.optim.decay_rate = 1.0  # 'exponential': lr * decay_rate ** (step // decay_steps)
+  c.optim.decay_steps = 1
   c.optim.warmup_steps = 0
   c.optim.head_lr_mult = 1.0  # DeepLab trains the classifier head at 10x
   c.optim.grad_clip_norm = 0.0  # 0 = off
@@ -74,6 +76,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1
   c.train.aux_loss_weight = 0.4  # for models with auxiliary heads (PSPNet)
   c.train.class_weights = ()  # () = unweighted; else one weight per class
+  # 'median_frequency': class_weights from the training split's labels (SegNet); '' = none.
+  c.train.class_weighting = ''
   c.train.log_every = 10
   c.train.eval_every = 500  # 0 = only at the end
   c.train.checkpoint_every = 500
@@ -92,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.flip = False
   c.eval.crf = False
   c.eval.crf_params = 'deeplab_v2'  # 'deeplab_v1' or 'deeplab_v2' (jaxseg.crf presets)
+  # model.kwargs overrides for evaluation and prediction only (e.g. output_stride=8 for DeepLabv3)
+  c.eval.model_kwargs = ml_collections.ConfigDict()
 
   c.predict = ml_collections.ConfigDict()
   c.predict.num_images = (
@@ -134,11 +140,31 @@ def voc_aug(c: ml_collections.ConfigDict, crop_size, **dataset) -> ml_collection
     dict(
       name='voc',
       config='2012_aug',
-      num_classes=21,
+      num_classes=0,  # VOC's 21
       train_split='train_aug',
       eval_split='val',
       crop_size=tuple(crop_size),
       **dataset,
+    )
+  )
+  return c
+
+
+def dataset(
+  c: ml_collections.ConfigDict, name: str, crop_size, *, eval_split: str = 'val', **fields
+) -> ml_collections.ConfigDict:
+  """A prepared dataset other than VOC ('cityscapes', 'ade20k', 'camvid'): its train split and
+  `eval_split`, the class count from the prepared data; `fields` override further `c.dataset`
+  fields."""
+  c.dataset.update(
+    dict(
+      name=name,
+      config='',
+      num_classes=0,
+      train_split='train',
+      eval_split=eval_split,
+      crop_size=tuple(crop_size),
+      **fields,
     )
   )
   return c
