@@ -18,11 +18,13 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
+import io
 import logging
 import os
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from jaxseg.data import palette as palette_lib
 from jaxseg.data import synthetic
@@ -193,6 +195,12 @@ def dataset_info(name: str, config: str = '', *, data_dir: str | None = None) ->
   return DatasetInfo(name, config, names, len(names), IGNORE_INDEX, palette, splits)
 
 
+def _decode(data: bytes, mode: str) -> np.ndarray:
+  # The stored JPEG/PNG bytes decoded with Pillow (TFDS would do the same, after a warning).
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im if im.mode == mode else im.convert(mode))
+
+
 class SegmentationSource:
   """grain RandomAccessDataSource over a prepared split: {'image' (H, W, 3), 'label' (H, W)} uint8.
 
@@ -213,7 +221,7 @@ class SegmentationSource:
 
   def __getitem__(self, index):
     rec = self._ds[int(index)]
-    return {'image': rec['image'], 'label': rec['label'][..., 0]}
+    return {'image': _decode(rec['image'], 'RGB'), 'label': _decode(rec['label'], 'L')}
 
   def example_id(self, index: int) -> str:
     """The id of example `index`: the file stem ('aachen_000000_000019'), VOC's image id, ..."""
@@ -257,7 +265,11 @@ def load_source(
   size = (meta.get('splits') or {}).get(split, {}).get('max_image_size') or cls.MAX_IMAGE_SIZE
   if not size:
     raise ValueError(f'{name} {config!r}: the prepared data does not record its image sizes.')
-  return SegmentationSource(builder.as_data_source(split=split), name, config, split, size)
+  import tensorflow_datasets as tfds
+
+  skip = tfds.decode.SkipDecoding()
+  records = builder.as_data_source(split=split, decoders={'image': skip, 'label': skip})
+  return SegmentationSource(records, name, config, split, size)
 
 
 def synthetic_count(split: str) -> int:
@@ -291,6 +303,7 @@ def prepare_dataset(
   builder = make_builder(name, config, data_dir, **options)
   builder.check_config(builder.config_name)
   builder.check_manual_dir(manual_dir, builder.config_name)  # before TFDS writes anything
+  tfds.disable_progress_bar()  # jaxseg's own bar (progress=True) shows one line per split
   builder.progress = progress
   builder.was_prepared = is_prepared(builder)
   mode = tfds.download.GenerateMode
