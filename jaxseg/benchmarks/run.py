@@ -5,6 +5,7 @@
   jaxseg benchmark --models fcn8s --lowering xla   # plain lax.conv lowering
   jaxseg benchmark --pipeline                      # input pipeline images/s per core
   jaxseg benchmark --pipeline --pipeline-dataset cityscapes --pipeline-data-dir DIR --size 769
+  jaxseg benchmark --pipeline --pipeline-dataset cityscapes --pipeline-generate 16 --size 769
 
 The PyTorch side needs torch and torchvision, and for the models without a
 torchvision counterpart the references in a checkout's tests/torch_ref.
@@ -557,6 +558,10 @@ def run_pipeline(args) -> dict[str, Any]:
   config.dataset.name = args.pipeline_dataset
   config.dataset.config = args.pipeline_config
   config.dataset.data_dir = args.pipeline_data_dir
+  config.dataset.num_workers = args.pipeline_workers
+  prepared = {}
+  if args.pipeline_generate:
+    prepared = _generate_and_prepare(args, config)
   if args.size:
     config.dataset.crop_size = _parse_size(args.size)
   config.train.batch_size = args.batch or 8
@@ -570,6 +575,7 @@ def run_pipeline(args) -> dict[str, Any]:
   images = n_batches * b['image'].shape[0]
   result = {
     'environment': environment(None),
+    **prepared,
     'dataset': config.dataset.name,
     'batch_shape': list(b['image'].shape),
     'images': images,
@@ -585,6 +591,37 @@ def run_pipeline(args) -> dict[str, Any]:
     f'{result["images_per_s_per_core"]:.1f} img/s per core ({result["cores"]} cores)'
   )
   return result
+
+
+def _generate_and_prepare(args, config) -> dict[str, Any]:
+  """Writes --pipeline-generate examples in the dataset's layout, prepares them (timed)."""
+  import tempfile
+
+  from jaxseg.benchmarks import datagen
+  from jaxseg.data import datasets
+
+  name = config.dataset.name
+  if name not in datagen.TREES:
+    raise SystemExit(f'--pipeline-generate supports {sorted(datagen.TREES)}, not {name!r}.')
+  root = tempfile.mkdtemp(prefix='jaxseg_bench_')
+  manual = datagen.TREES[name](os.path.join(root, 'manual'), args.pipeline_generate)
+  config.dataset.config = config.dataset.config or ('bench' if name == 'folder' else '')
+  config.dataset.data_dir = os.path.join(root, 'tfds')
+  t0 = time.perf_counter()
+  builder = datasets.prepare_dataset(
+    name, config=config.dataset.config, manual_dir=manual, data_dir=config.dataset.data_dir
+  )
+  seconds = time.perf_counter() - t0
+  examples = sum(int(s.num_examples) for s in builder.info.splits.values())
+  print(
+    f'prepared {examples} generated {name} examples in {seconds:.1f} s: '
+    f'{examples / seconds:.1f} examples/s (an image and its mask each)'
+  )
+  return {
+    'prepare_examples': examples,
+    'prepare_s': seconds,
+    'prepare_examples_per_s': examples / seconds,
+  }
 
 
 def main(argv=None, prog=None) -> dict[str, Any]:
@@ -614,6 +651,13 @@ def main(argv=None, prog=None) -> dict[str, Any]:
   )
   parser.add_argument('--pipeline-config', default='', help='its config (e.g. a folder name)')
   parser.add_argument('--pipeline-data-dir', default='', help='where it is prepared')
+  parser.add_argument(
+    '--pipeline-generate',
+    type=int,
+    default=0,
+    help='generate and prepare this many examples (cityscapes at 1024x2048, folder at 256x256)',
+  )
+  parser.add_argument('--pipeline-workers', type=int, default=0, help='grain worker processes')
   args = parser.parse_args(argv)
   cpu_conv.configure_xla_flags()  # before JAX starts its backend
   report = run_pipeline(args) if args.pipeline else run_models(args)
