@@ -57,3 +57,17 @@ def test_conv_census_records_every_convolution(torch_module):
   assert all(r['jax_s'] > 0 and r['torch_s'] > 0 for r in rows)
   lost = [r['lost_s'] for r in rows]
   assert lost == sorted(lost, reverse=True)
+
+
+def test_pipeline_benchmark_on_generated_prepared_data(capsys):
+  from jaxseg.benchmarks import run
+
+  report = run.main(
+    ['--pipeline', '--pipeline-dataset', 'folder', '--pipeline-generate', '3', '--batch', '2']
+    + ['--reps', '1', '--size', '32']
+  )
+  out = capsys.readouterr().out
+  assert 'prepared 3 generated folder examples' in out and 'pipeline folder (2, 32, 32, 3)' in out
+  assert report['prepare_examples'] == 3 and report['prepare_examples_per_s'] > 0
+  assert report['batch_shape'] == [2, 32, 32, 3] and report['images'] == 24
+  assert report['images_per_s'] > 0

@@ -10,7 +10,7 @@ dataset's real image size, in the layout its builder reads:
               spread over Cityscapes' 34 ids (void ids included)
   folder      images/<i>.jpg and masks/<i>.png (index PNGs) with classes.txt
 
-Training splits get `n` examples, val splits one.
+Cityscapes gets n training examples and one val example; a folder gets n (its val split drawn from them).
 """
 
 from __future__ import annotations

@@ -595,6 +595,8 @@ def run_pipeline(args) -> dict[str, Any]:
 
 def _generate_and_prepare(args, config) -> dict[str, Any]:
   """Writes --pipeline-generate examples in the dataset's layout, prepares them (timed)."""
+  import atexit
+  import shutil
   import tempfile
 
   from jaxseg.benchmarks import datagen
@@ -604,6 +606,7 @@ def _generate_and_prepare(args, config) -> dict[str, Any]:
   if name not in datagen.TREES:
     raise SystemExit(f'--pipeline-generate supports {sorted(datagen.TREES)}, not {name!r}.')
   root = tempfile.mkdtemp(prefix='jaxseg_bench_')
+  atexit.register(shutil.rmtree, root, ignore_errors=True)
   manual = datagen.TREES[name](os.path.join(root, 'manual'), args.pipeline_generate)
   config.dataset.config = config.dataset.config or ('bench' if name == 'folder' else '')
   config.dataset.data_dir = os.path.join(root, 'tfds')
