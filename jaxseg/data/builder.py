@@ -158,13 +158,16 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     self.skipped: dict[str, Counter] = {}  # split -> {reason kind: count}
     self.skipped_files: dict[str, list[tuple[str, str]]] = {}  # split -> [(file, reason)]
     self.progress = False  # a tqdm bar per split while preparing
+    self.overwrite = False  # set by prepare_dataset: the preparation replaces a prepared one
 
   # -- what a dataset module provides -------------------------------------------------------
 
-  @classmethod
   @abc.abstractmethod
-  def check_manual_dir(cls, manual_dir: str, config_name: str) -> None:
-    """Raises FileNotFoundError naming the expected layout unless manual_dir holds the data."""
+  def check_manual_dir(self, manual_dir: str, config_name: str) -> None:
+    """Raises FileNotFoundError naming the expected layout unless manual_dir holds the data.
+
+    Called on the builder (with its prepare options) before TFDS writes anything;
+    datasets without options may define it as a classmethod."""
 
   @abc.abstractmethod
   def split_items(self, manual_dir: str) -> dict[str, list[Item]]:
@@ -193,7 +196,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
   def skip(self, split: str, key: str, kind: str, detail: str) -> None:
     self.skipped.setdefault(split, Counter())[kind] += 1
     self.skipped_files.setdefault(split, []).append((key, f'{kind}: {detail}'))
-    log.warning('skipping %s (%s): %s: %s', key, split, kind, detail)
+    log.info('skipping %s (%s): %s: %s', key, split, kind, detail)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -242,6 +245,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     class_pixels = np.zeros(num_classes, np.int64)
     image_pixels = np.zeros(num_classes, np.int64)
     max_size = [0, 0]
+    written = 0
     bad_labels: list[str] = []
     for key, image_path, label_path in tqdm(
       items, desc=f'{self.DATASET}/{split}', unit='img', disable=not self.progress
@@ -270,13 +274,22 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
       image_pixels += np.where(counts[:num_classes] > 0, label.size - counts[IGNORE], 0)
       max_size = [max(max_size[0], h), max(max_size[1], w)]
       if not bad_labels:  # once the preparation is refused, nothing more needs writing
+        written += 1
         yield key, {'image': image, 'label': encode_label(label), 'file_name': key}
+    label = f'{self.DATASET} {self.config_name!r}' if self.config_name else self.DATASET
     if bad_labels:
       shown = '\n  '.join(bad_labels[:20])
       more = f'\n  ... and {len(bad_labels) - 20} more' if len(bad_labels) > 20 else ''
       raise PrepareError(
         f'{len(bad_labels)} label file(s) of split {split!r} do not fit the {num_classes} classes '
-        f'of {self.DATASET} (nothing was prepared):\n  {shown}{more}'
+        f'of {label} (nothing was prepared):\n  {shown}{more}'
+      )
+    if not written:  # TFDS would refuse the empty split with an error that names no file
+      skipped = self.skipped_files.get(split, [])
+      shown = ''.join(f'\n  {key}: {reason}' for key, reason in skipped[:20])
+      raise PrepareError(
+        f'split {split!r} of {label} has no usable example (nothing was prepared); '
+        f'{len(skipped)} skipped:{shown}'
       )
     self.info.metadata['splits'][split] = {
       'class_pixels': class_pixels.tolist(),
@@ -285,4 +298,4 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
       'skipped': [list(s) for s in self.skipped_files.get(split, [])],
     }
     if self.skipped.get(split):
-      log.warning('%s: skipped %s', split, dict(self.skipped[split]))
+      log.info('%s: skipped %s', split, dict(self.skipped[split]))

@@ -302,19 +302,53 @@ def prepare_dataset(
     raise FileNotFoundError(f'manual_dir {manual_dir!r} is not a directory.')
   builder = make_builder(name, config, data_dir, **options)
   builder.check_config(builder.config_name)
-  builder.check_manual_dir(manual_dir, builder.config_name)  # before TFDS writes anything
+  builder.overwrite = overwrite
+  with _quiet_tfds():
+    builder.check_manual_dir(manual_dir, builder.config_name)  # before TFDS writes anything
   tfds.disable_progress_bar()  # jaxseg's own bar (progress=True) shows one line per split
   builder.progress = progress
   builder.was_prepared = is_prepared(builder)
   mode = tfds.download.GenerateMode
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir,
-      download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
-    ),
-    file_format='array_record',
-  )
+  root = os.fspath(builder.data_dir_root)
+  # Folders this preparation may create: its own and TFDS's downloads/ (unused here).
+  created = [
+    d
+    for d in (os.path.dirname(os.fspath(builder.data_dir)), os.path.join(root, 'downloads'))
+    for d in _missing_dirs(d)
+  ]
+  # Prepared data keeps the format its info records (TFDS refuses to be told it again).
+  file_format = {} if builder.was_prepared else {'file_format': 'array_record'}
+  try:
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir,
+        download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+      ),
+      **file_format,
+    )
+  except BaseException:
+    # TFDS removes its temporary folder; the empty folders made for it go too.
+    for top in sorted(set(created), key=len):
+      for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        try:
+          os.rmdir(dirpath)
+        except OSError:
+          pass  # not empty, or already removed
+    raise
   return builder
+
+
+def _missing_dirs(path: str) -> list[str]:
+  """`path` and its parents that do not exist yet, deepest first."""
+  out = []
+  path = os.path.abspath(path)
+  while path and not os.path.exists(path):
+    out.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return out
 
 
 def class_statistics(name: str, split: str, *, config: str = '', data_dir: str | None = None):

@@ -78,7 +78,7 @@ def main(argv=None, prog=None) -> int:
     p.error(f'{given} only apply to --dataset folder, not {args.dataset}.')
   if args.dataset == 'folder' and not args.config:
     p.error('--dataset folder needs --config NAME: the name to train it by.')
-  logging.basicConfig(level=logging.ERROR, format='%(levelname)s %(message)s')
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
   import tensorflow_datasets as tfds
 
   tfds.disable_progress_bar()  # jaxseg draws one bar per split
@@ -99,13 +99,15 @@ def main(argv=None, prog=None) -> int:
     skipped = builder.skipped_files.get(split) or (meta.get('splits') or {}).get(split, {}).get(
       'skipped', []
     )
-    line = f'{split}: {info.num_examples} examples'
+    n = int(info.num_examples)
+    line = f'{split}: {n} example{"" if n == 1 else "s"}'
     if skipped:
       line += f', skipped {len(skipped)}:'
     print(line)
     for key, reason in skipped:
       print(f'  {key}: {reason}')
-  print(f'prepared in {builder.data_dir}')
+  if not builder.was_prepared or args.overwrite:
+    print(f'prepared in {builder.data_dir}')
   flags = f'--config.dataset.name={args.dataset}'
   if builder.config_name:
     flags += f' --config.dataset.config={builder.config_name}'
