@@ -25,6 +25,12 @@ model adds the 186-pixel margin itself (an 872 x 872 network input).
 Paper result (VOC 2012 test): front-end 67.6 mIoU; front-end + large context
 + CRF-RNN with MS-COCO training 75.3.
 
+No Cityscapes recipe: the paper's Cityscapes network (Dilation10 in the
+authors' fyu/dilation release) extends the context module with further layers
+at larger dilations, which `model.kwargs.context` ('basic', 'large') does not
+build; training this model on `--config.dataset.name=cityscapes` would not be
+the paper's model, so no paper number could be quoted for it.
+
 Pretrained VGG-16 via `--config.model.backbone_weights=/path/vgg16-397923af.pth`.
 """
 
