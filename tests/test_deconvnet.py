@@ -76,9 +76,12 @@ def tiny():
 def test_parity_train_mode_and_other_size(tiny):
   ref, model, variables = tiny
   assert any(k.startswith('fc6_deconv') and 'running' in k for k in ref.state_dict())
-  x = np.random.default_rng(6).standard_normal((2, 225, 203, 3)).astype(np.float32)
+  # Odd sizes whose fc6/fc7 maps are 3x2: in train mode their BatchNorms normalise 12 values per
+  # channel. At 225x203 (2x1 maps, 4 values) that amplified float32 rounding in either framework
+  # to ~1e-4 of the output, varying with the CPU's kernels.
+  x = np.random.default_rng(6).standard_normal((2, 257, 241, 3)).astype(np.float32)
   got = assert_torch_parity('deconvnet', model, variables, ref, x, train=True)
-  assert got.shape == (2, 225, 203, 4)
+  assert got.shape == (2, 257, 241, 4)
 
 
 def test_gradients_reach_every_parameter(tiny):

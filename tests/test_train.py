@@ -250,7 +250,7 @@ def test_head_lr_multiplier_and_accumulation():
 def test_bad_config_values():
   c = common.base_config()
   c.optim.schedule = 'linear'
-  with pytest.raises(ValueError, match="'poly', 'cosine', 'step' or 'constant'"):
+  with pytest.raises(ValueError, match="'poly', 'cosine', 'step', 'exponential' or 'constant'"):
     optim.make_schedule(c)
   c = smoke_config()
   c.train.class_weights = (1.0, 2.0)

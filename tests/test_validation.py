@@ -217,10 +217,8 @@ def test_pipeline_rejects_empty_splits_and_bad_configs():
   with pytest.raises(ValueError, match='num_examples must be >= 1, got 0'):
     data.create_train_iterator(config, seed=0)
   config = _smoke_config()
-  config.dataset.name = 'cityscapes'
-  with pytest.raises(
-    ValueError, match="config.dataset.name must be 'synthetic' or 'voc', got 'cityscapes'"
-  ):
+  config.dataset.name = 'kitti'
+  with pytest.raises(ValueError, match=r"unknown dataset 'kitti'. Datasets: ade20k, camvid, "):
     data.get_source(config, 'train')
   config = _smoke_config()
   with pytest.raises(ValueError, match='synthetic split must be one of'):
