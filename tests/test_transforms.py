@@ -168,3 +168,31 @@ def test_palette_colorize_overlay():
   np.testing.assert_array_equal(out[0, 1], [114, 50, 50])
   with pytest.raises(ValueError, match='overlay needs image'):
     palette.overlay(image, mask[:1])
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+  h=st.integers(3, 80),
+  w=st.integers(3, 80),
+  ch=st.integers(2, 90),
+  cw=st.integers(2, 90),
+  mode=st.sampled_from(['imagenet', 'caffe']),
+  seed=st.integers(0, 2**31),
+)
+def test_train_augment_equals_scale_normalize_crop_flip(h, w, ch, cw, mode, seed):
+  # train_augment normalises only its crop; the result and the random draws are those of the
+  # whole image normalised, then cropped with padding 0.
+  rng = np.random.default_rng(seed)
+  image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  label = rng.integers(0, 21, (h, w)).astype(np.uint8)
+  got = transforms.train_augment(
+    image, label, np.random.default_rng(seed), crop_size=(ch, cw), scale_range=(0.5, 2.0),
+    normalize_mode=mode,
+  )  # fmt: skip
+  r = np.random.default_rng(seed)
+  i, lab = transforms.random_scale(image, label, r, (0.5, 2.0))
+  i = transforms.normalize(i, mode)
+  i, lab = transforms.random_crop(i, lab, r, (ch, cw), image_fill=0.0, label_fill=255)
+  i, lab = transforms.random_flip(i, lab, r)
+  np.testing.assert_array_equal(got[0], i)
+  np.testing.assert_array_equal(got[1], lab)

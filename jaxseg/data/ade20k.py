@@ -190,15 +190,13 @@ class Ade20kSegmentation(builder_lib.SegmentationBuilder):
     for split, folder in SPLIT_FOLDERS.items():
       image_dir = os.path.join(root, 'images', folder)
       label_dir = os.path.join(root, 'annotations', folder)
-      images, labels = _stems(image_dir, '.jpg'), _stems(label_dir, '.png')
-      items[split] = []
-      for key in sorted(images.keys() | labels.keys()):
-        if key not in labels:
-          self.skip(split, key, 'no_label', f'{images[key]} has no {label_dir}/{key}.png')
-        elif key not in images:
-          self.skip(split, key, 'no_image', f'{labels[key]} has no {image_dir}/{key}.jpg')
-        else:
-          items[split].append(builder_lib.Item(key, images[key], labels[key]))
+      items[split] = self.pair(
+        split,
+        _stems(image_dir, '.jpg'),
+        _stems(label_dir, '.png'),
+        image_for=lambda key, d=image_dir: f'{d}/{key}.jpg',
+        label_for=lambda key, d=label_dir: f'{d}/{key}.png',
+      )
     return items
 
   def read_label(self, path: str) -> np.ndarray:

@@ -198,6 +198,23 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
     self.skipped_files.setdefault(split, []).append((key, f'{kind}: {detail}'))
     log.info('skipping %s (%s): %s: %s', key, split, kind, detail)
 
+  def pair(self, split: str, images: dict, labels: dict, image_for, label_for) -> list[Item]:
+    """Items of the keys that have both an image and a label file, in sorted key order.
+
+    `images` and `labels` map keys to paths. A file without its pair is skipped
+    ('no_label' / 'no_image'), naming the file that was expected:
+    `label_for(key)` / `image_for(key)`.
+    """
+    items = []
+    for key in sorted(images.keys() | labels.keys()):
+      if key not in labels:
+        self.skip(split, key, 'no_label', f'{images[key]} has no {label_for(key)}')
+      elif key not in images:
+        self.skip(split, key, 'no_image', f'{labels[key]} has no {image_for(key)}')
+      else:
+        items.append(Item(key, images[key], labels[key]))
+    return items
+
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       features=tfds.features.FeaturesDict(

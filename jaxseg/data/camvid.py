@@ -132,15 +132,13 @@ class CamvidSegmentation(builder_lib.SegmentationBuilder):
     items = {}
     for split in SPLIT_NAMES:
       image_dir, label_dir = os.path.join(root, split), os.path.join(root, f'{split}annot')
-      images, labels = _stems(image_dir), _stems(label_dir)
-      items[split] = []
-      for key in sorted(images.keys() | labels.keys()):
-        if key not in labels:
-          self.skip(split, key, 'no_label', f'{images[key]} has no {split}annot/{key}.png')
-        elif key not in images:
-          self.skip(split, key, 'no_image', f'{labels[key]} has no {split}/{key}.png')
-        else:
-          items[split].append(builder_lib.Item(key, images[key], labels[key]))
+      items[split] = self.pair(
+        split,
+        _stems(image_dir),
+        _stems(label_dir),
+        image_for=lambda key, split=split: f'{split}/{key}.png',
+        label_for=lambda key, split=split: f'{split}annot/{key}.png',
+      )
     return items
 
   def read_label(self, path: str) -> np.ndarray:

@@ -199,6 +199,10 @@ def find_root(manual_dir: str) -> str:
   raise _layout_error(manual_dir)
 
 
+def _city(key: str) -> str:
+  return key.rsplit('_', 2)[0]  # keys are '<city>_<seq>_<frame>'
+
+
 def _list_stems(folder: str, suffix: str) -> dict[str, str]:
   """{'<city>_<seq>_<frame>': path} of the files ending in `suffix` in every city folder."""
   out = {}
@@ -244,18 +248,13 @@ class CityscapesSegmentation(builder_lib.SegmentationBuilder):
     for split in SPLIT_NAMES:
       images = _list_stems(os.path.join(root, 'leftImg8bit', split), IMAGE_SUFFIX)
       labels = _list_stems(os.path.join(root, 'gtFine', split), LABEL_SUFFIX)
-      items[split] = []
-      for key in sorted(images.keys() | labels.keys()):
-        if key not in labels:
-          city = os.path.basename(os.path.dirname(images[key]))
-          expected = f'gtFine/{split}/{city}/{key}{LABEL_SUFFIX}'
-          self.skip(split, key, 'no_label', f'{images[key]} has no {expected}')
-        elif key not in images:
-          city = os.path.basename(os.path.dirname(labels[key]))
-          expected = f'leftImg8bit/{split}/{city}/{key}{IMAGE_SUFFIX}'
-          self.skip(split, key, 'no_image', f'{labels[key]} has no {expected}')
-        else:
-          items[split].append(builder_lib.Item(key, images[key], labels[key]))
+      items[split] = self.pair(
+        split,
+        images,
+        labels,
+        image_for=lambda k, s=split: f'leftImg8bit/{s}/{_city(k)}/{k}{IMAGE_SUFFIX}',
+        label_for=lambda k, s=split: f'gtFine/{s}/{_city(k)}/{k}{LABEL_SUFFIX}',
+      )
     return items
 
   def read_label(self, path: str) -> np.ndarray:
