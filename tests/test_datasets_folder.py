@@ -579,3 +579,8 @@ def test_train_and_evaluate(color_prepared, tmp_path):
   wrong = _train_config(out, 'roads', num_classes=5)
   with pytest.raises(ValueError, match=r"num_classes=5 but folder 'roads' has 3 classes"):
     train_lib.train_and_evaluate(wrong, str(tmp_path / 'wrong'), progress=False)
+  # The workdir resumes: the checkpoint's data-iterator state restores into the folder source.
+  more = _train_config(out, 'roads')
+  more.train.num_steps = 3
+  resumed = train_lib.train_and_evaluate(more, str(tmp_path / 'run'), progress=False)
+  assert resumed['step'] == 3
