@@ -154,3 +154,15 @@ def test_checkpoint_meta_records_the_classes():
   meta = checkpointing.checkpoint_meta(c, info)
   assert meta['class_names'] == list(info.class_names) and len(meta['colors']) == 4
   np.testing.assert_array_equal(data.full_palette(meta['colors'])[:4], info.palette[:4])
+
+
+def test_a_relative_data_dir_is_stored_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  c = common.voc_aug(common.base_config(), (32, 32))
+  c.dataset.data_dir = 'tfds'
+  data.resolve_config(c)
+  assert c.dataset.data_dir == str(tmp_path / 'tfds')
+  monkeypatch.setenv('HOME', str(tmp_path))
+  c.dataset.data_dir = '~/data'
+  data.resolve_config(c)
+  assert c.dataset.data_dir == str(tmp_path / 'data')

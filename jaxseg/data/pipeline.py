@@ -126,9 +126,14 @@ def resolve_config(config):
   * dataset.num_classes = 0 becomes the dataset's class count (a different
     non-zero count is a ValueError naming both);
   * train.class_weighting = 'median_frequency' sets train.class_weights from
-    the training split's label statistics (`datasets.class_weights`).
+    the training split's label statistics (`datasets.class_weights`);
+  * a relative dataset.data_dir becomes absolute.
   Idempotent: the trainer, eval and predict call it before building a model.
   """
+  if config.dataset.data_dir:
+    # Absolute, so that eval and predict find the data from any directory (the path is stored
+    # with the checkpoint); '~' too, which a shell leaves alone in --config.dataset.data_dir=~/x.
+    config.dataset.data_dir = os.path.abspath(os.path.expanduser(config.dataset.data_dir))
   info = dataset_info(config)
   config.dataset.num_classes = info.num_classes
   weighting = config.train.get('class_weighting', '') or ''

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 FOLDER_OPTIONS = ('classes', 'val_fraction', 'seed', 'unknown_color', 'reduce_zero_label')
@@ -86,7 +87,7 @@ def main(argv=None, prog=None) -> int:
     args.dataset,
     config=args.config,
     manual_dir=args.manual_dir,
-    data_dir=args.data_dir or None,
+    data_dir=os.path.expanduser(args.data_dir) if args.data_dir else None,
     progress=sys.stderr.isatty(),
     overwrite=args.overwrite,
     **options,
@@ -112,7 +113,7 @@ def main(argv=None, prog=None) -> int:
   if builder.config_name:
     flags += f' --config.dataset.config={builder.config_name}'
   if args.data_dir:
-    flags += f' --config.dataset.data_dir={args.data_dir}'
+    flags += f' --config.dataset.data_dir={os.path.abspath(os.path.expanduser(args.data_dir))}'
   print(f'train on it with: {flags}')
   return 0
 
