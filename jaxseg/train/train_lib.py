@@ -183,6 +183,13 @@ def _train_and_evaluate(config, workdir, progress, created: list) -> dict:
   workdir = os.path.abspath(os.fspath(workdir))
   checkpointing.check_workdir_path(workdir)
   info = data_lib.resolve_config(config)  # num_classes and class weights the config leaves open
+  if config.train.get('class_weighting') and jax.process_index() == 0:
+    weights = ', '.join(
+      f'{n} {w:.3g}' for n, w in zip(info.class_names, config.train.class_weights, strict=False)
+    )
+    logging_lib.info(
+      f'class weights ({config.train.class_weighting}, {config.dataset.train_split!r}): {weights}'
+    )
   ckpt = checkpointing.Checkpointer(
     workdir,
     max_to_keep=int(config.train.max_to_keep),
