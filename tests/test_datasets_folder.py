@@ -584,3 +584,27 @@ def test_train_and_evaluate(color_prepared, tmp_path):
   more.train.num_steps = 3
   resumed = train_lib.train_and_evaluate(more, str(tmp_path / 'run'), progress=False)
   assert resumed['step'] == 3
+
+
+def test_a_failed_overwrite_keeps_the_prepared_data(tmp_path):
+  manual, out = tmp_path / 'manual', tmp_path / 'out'
+  _simple_tree(manual, n=4)
+  _prepare(manual, out, 'keep', val_fraction=0.5)
+  before = {s: _keys(out, 'keep', s) for s in ('train', 'val')}
+  labels = _records(out, 'keep', 'train')
+  bad = np.zeros((8, 8), np.uint8)
+  bad[0, 0] = 9
+  Image.fromarray(bad).save(manual / 'masks' / 'p0.png')
+  with pytest.raises(PrepareError, match='p0.png: value 9 is not a class id'):
+    _prepare(manual, out, 'keep', val_fraction=0.5, overwrite=True)
+  assert {s: _keys(out, 'keep', s) for s in ('train', 'val')} == before
+  for key, rec in _records(out, 'keep', 'train').items():
+    np.testing.assert_array_equal(rec['label'], labels[key]['label'])
+  assert sorted(os.listdir(out)) == ['downloads', 'folder_segmentation']  # no staging left
+  # A complete one replaces it.
+  Image.fromarray(np.full((8, 8), 2, np.uint8)).save(manual / 'masks' / 'p0.png')
+  builder = _prepare(manual, out, 'keep', val_fraction=0.5, overwrite=True)
+  assert builder.was_prepared
+  records = {**_records(out, 'keep', 'train'), **_records(out, 'keep', 'val')}
+  np.testing.assert_array_equal(records['p0']['label'], np.full((8, 8), 2))
+  assert sorted(os.listdir(out / 'folder_segmentation' / 'keep')) == ['1.0.0']

@@ -291,24 +291,31 @@ def prepare_dataset(
   Returns the builder: `builder.info.splits` has the split sizes and
   `builder.skipped_files[split]` the skipped files with their reasons. A
   dataset that is already prepared is left as it is (`builder.was_prepared`
-  is then True) unless `overwrite`, which replaces it once the new
-  preparation is complete. Raises FileNotFoundError
-  when manual_dir does not hold the expected layout, and PrepareError when
-  labels do not fit the classes (then nothing is written).
+  is then True) unless `overwrite`: the new preparation is then written next
+  to it and replaces it only once complete, so a failed one keeps the old
+  data. Raises FileNotFoundError when manual_dir does not hold the expected
+  layout, and PrepareError when labels do not fit the classes (then nothing
+  is written).
   """
-  import tensorflow_datasets as tfds
-
   if not os.path.isdir(manual_dir):
     raise FileNotFoundError(f'manual_dir {manual_dir!r} is not a directory.')
   builder = make_builder(name, config, data_dir, **options)
   builder.check_config(builder.config_name)
-  builder.overwrite = overwrite
+  builder.was_prepared = is_prepared(builder)
+  if builder.was_prepared and overwrite:
+    return _replace_prepared(builder, name, manual_dir, data_dir, progress, options)
+  _build(builder, manual_dir, progress)
+  return builder
+
+
+def _build(builder, manual_dir: str, progress: bool) -> None:
+  """Checks manual_dir and writes the dataset (a prepared one is left as it is)."""
+  import tensorflow_datasets as tfds
+
   with _quiet_tfds():
     builder.check_manual_dir(manual_dir, builder.config_name)  # before TFDS writes anything
   tfds.disable_progress_bar()  # jaxseg's own bar (progress=True) shows one line per split
   builder.progress = progress
-  builder.was_prepared = is_prepared(builder)
-  mode = tfds.download.GenerateMode
   root = os.fspath(builder.data_dir_root)
   # Folders this preparation may create: its own and TFDS's downloads/ (unused here).
   created = [
@@ -322,7 +329,7 @@ def prepare_dataset(
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir,
-        download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
       ),
       **file_format,
     )
@@ -335,6 +342,29 @@ def prepare_dataset(
         except OSError:
           pass  # not empty, or already removed
     raise
+
+
+def _replace_prepared(old, name: str, manual_dir: str, data_dir, progress: bool, options: dict):
+  """Prepares again into a staging folder beside the data, then swaps it in."""
+  import shutil
+  import tempfile
+
+  root = os.fspath(old.data_dir_root)
+  staging = tempfile.mkdtemp(prefix='.jaxseg_prepare_', dir=root)  # same file system: renames
+  try:
+    new = make_builder(name, old.config_name, staging, **options)
+    new.was_prepared = False
+    new.overwrite = True  # what is prepared under this name is being replaced
+    _build(new, manual_dir, progress)
+    final, backup = os.fspath(old.data_dir), os.fspath(old.data_dir) + '.replaced'
+    os.rename(final, backup)
+    os.rename(os.fspath(new.data_dir), final)
+    shutil.rmtree(backup)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  builder = make_builder(name, old.config_name, data_dir, **options)
+  builder.was_prepared = True
+  builder.skipped, builder.skipped_files = new.skipped, new.skipped_files
   return builder
 
 
