@@ -14,6 +14,7 @@ from jaxseg import data
 from jaxseg.configs import common
 from jaxseg.configs.common import base_config
 from jaxseg.data import datasets, palette, prepare, voc
+from jaxseg.data.builder import PrepareError
 
 
 def _save_jpeg(path, image):
@@ -257,3 +258,22 @@ def test_cli_from_official_archives(tree, tmp_path, capsys):
   assert 'size_mismatch: image ' in printed and 'unreadable: ' in printed
   assert 'val: 2 examples' in printed
   assert len(voc.load_source('2012_aug', 'train_aug', str(out))) == 5
+
+
+def test_a_mask_value_that_is_no_voc_class_refuses_the_preparation(tmp_path):
+  voc_root = tmp_path / 'VOCdevkit' / 'VOC2012'
+  for d in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
+    (voc_root / d).mkdir(parents=True)
+  rng = np.random.default_rng(1)
+  for name, cls in (('2007_000001', 3), ('2007_000002', 30), ('2007_000003', 4)):
+    image, mask = _synthetic_pair(rng, 24, 32, cls)
+    _save_jpeg(voc_root / 'JPEGImages' / f'{name}.jpg', image)
+    _save_mask_png(voc_root / 'SegmentationClass' / f'{name}.png', mask)
+  seg = voc_root / 'ImageSets' / 'Segmentation'
+  seg.joinpath('train.txt').write_text('2007_000001\n2007_000002\n')
+  seg.joinpath('val.txt').write_text('2007_000003\n')
+  with pytest.raises(PrepareError, match=r'2007_000002.png: values \[30\] are not VOC class ids'):
+    datasets.prepare_dataset(
+      'voc', config='2012', manual_dir=str(tmp_path), data_dir=str(tmp_path / 'out')
+    )
+  assert not os.path.exists(tmp_path / 'out')

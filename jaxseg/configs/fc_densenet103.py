@@ -10,8 +10,17 @@ trained from scratch (HeUniform initialisation), RMSprop with lr 1e-3 decayed
 by 0.995 after each epoch (123 updates of batch 3), weight decay 1e-4,
 dropout 0.2, 224x224 random crops with horizontal flips and batch 3. The paper
 then fine-tunes on full-size images (batch 1, lr 1e-4) and stops early on
-validation mIoU; run that stage as a second training from this one's
-checkpoint with `--config.model.weights` and crop (360, 480).
+validation mIoU. Run that stage as a second training that starts from this
+one's parameters, written as a converted checkpoint:
+
+  python -c "from jaxseg import weights; from jaxseg.train import evaluation
+  c, m, v = evaluation.load_trained('runs/fc_densenet103_camvid', best=True)
+  weights.save_checkpoint('ckpt/fcd103_224', 'fc_densenet103', v, num_classes=11,
+                          model_kwargs=dict(c.model.kwargs))"
+  jaxseg train --config fc_densenet103:camvid --workdir runs/fc_densenet103_camvid_full \\
+      --config.model.weights=ckpt/fcd103_224 --config.dataset.crop_size='(360,480)' \\
+      --config.train.batch_size=1 --config.optim.lr=1e-4
+
 Paper result: CamVid test mIoU 66.9 (global accuracy 91.5), 9.4M parameters.
 
 The default variant trains the network on PASCAL VOC 2012 (+SBD) with the

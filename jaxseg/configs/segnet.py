@@ -11,10 +11,11 @@ momentum 0.9, mini-batches of 12 images, cross-entropy weighted by median
 frequency balancing (class weight = median class frequency / class frequency,
 frequencies computed over the training images that contain the class;
 `config.train.class_weighting = 'median_frequency'` computes them from the
-prepared training split with `jaxseg.data.class_weights`). Paper result:
-CamVid test mIoU 50.2 (class average 71.2, global accuracy 90.4) for SegNet
-trained to convergence; the TPAMI paper compares several training lengths, so
-compare a reproduction with the matching row.
+prepared training split with `jaxseg.data.class_weights`). Paper results on
+the CamVid test set (TPAMI Table 3) are for SegNet trained on a larger corpus
+of 3,433 road scenes: global accuracy 90.40, class average 71.20, mIoU 60.10
+at convergence (88.81 / 59.93 / 50.02 after 40K iterations); a run on
+CamVid's 367 training images is not directly comparable.
 
 The default variant trains the same network on PASCAL VOC 2012 (+SBD).
 'camvid_smoke' runs the CamVid recipe's loss weighting (median frequency over

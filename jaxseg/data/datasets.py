@@ -334,13 +334,12 @@ def _build(builder, manual_dir: str, progress: bool) -> None:
       **file_format,
     )
   except BaseException:
-    # TFDS removes its temporary folder; the empty folders made for it go too.
-    for top in sorted(set(created), key=len):
-      for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
-        try:
-          os.rmdir(dirpath)
-        except OSError:
-          pass  # not empty, or already removed
+    # TFDS removes its temporary folder; the folders made for it (and TFDS's notes in them,
+    # such as <name>/.config/) go too. They did not exist before, so nothing else is in them.
+    import shutil
+
+    for path in sorted(set(created), key=len):
+      shutil.rmtree(path, ignore_errors=True)
     raise
 
 

@@ -148,6 +148,11 @@ def check_manual_dir(manual_dir: str, config_name: str) -> None:
     )
 
 
+_VOC_IDS = np.zeros(256, bool)
+_VOC_IDS[: len(VOC_CLASSES)] = True
+_VOC_IDS[255] = True
+
+
 def _read_ids(path: str) -> list[str]:
   with open(path) as f:
     return [line.split()[0] for line in f if line.strip()]
@@ -250,8 +255,15 @@ class VocSegmentation(builder_lib.SegmentationBuilder):
     return {train_split: train, val_split: val}
 
   def read_label(self, path: str) -> np.ndarray:
-    # VOC's indices as they are: 0-20 and 255 (void).
-    return _load_sbd_mask(path) if path.endswith('.mat') else _load_voc_mask(path)
+    # VOC's indices as they are: 0-20 and 255 (void); anything else refuses the preparation.
+    mask = _load_sbd_mask(path) if path.endswith('.mat') else _load_voc_mask(path)
+    bad = ~_VOC_IDS[mask]
+    if bad.any():
+      values = np.unique(mask[bad])[:10].tolist()
+      raise builder_lib.LabelError(
+        f'{path}: values {values} are not VOC class ids (0..20, and 255 for void).'
+      )
+    return mask
 
 
 def load_source(
