@@ -158,7 +158,11 @@ def test_eval_padding_to_eval_size():
   assert b['image'].shape == (2, 20, 18, 3)
   assert (b['label'][:, SIZE:] == 255).all() and (b['label'][:, :, SIZE:] == 255).all()
   assert (b['image'][:, SIZE:] == 0).all()
-  with pytest.raises(ValueError, match='larger than the eval size'):
+  with pytest.raises(
+    ValueError,
+    match=r"eval example 'val_00000' is 16x16, larger than config.dataset.eval_size 8x8: "
+    r'set --config.dataset.eval_size="\(16, 16\)"',
+  ):
     next(iter(data.create_eval_iterator(_config(eval_size=(8, 8)))))
 
 
@@ -173,7 +177,7 @@ def test_dataset_info_and_counts():
 
 
 def test_bad_configs():
-  with pytest.raises(ValueError, match='multiple of process_count'):
+  with pytest.raises(ValueError, match=r'config.train.batch_size \d+ must be a positive multiple'):
     data.create_train_iterator(_config(), seed=0, process_count=3)
   with pytest.raises(ValueError, match='process_index'):
     data.create_eval_iterator(_config(), process_index=2, process_count=2)

@@ -221,6 +221,13 @@ def test_missing_manual_data_is_a_clear_error(tmp_path):
       'voc', config='2012', manual_dir=str(tmp_path / 'wrong'), data_dir=str(tmp_path / 'out')
     )
   os.makedirs(tmp_path / 'voc_only' / 'VOCdevkit' / 'VOC2012' / 'JPEGImages')
+  with pytest.raises(
+    FileNotFoundError,
+    match=r'VOC2012 has no SegmentationClass, ImageSets/Segmentation/train.txt, ImageSets/Segm',
+  ):
+    datasets.prepare_dataset(
+      'voc', config='2012', manual_dir=str(tmp_path / 'voc_only'), data_dir=str(tmp_path / 'out')
+    )
   with pytest.raises(FileNotFoundError, match="'2012_aug' needs SBD"):
     datasets.prepare_dataset(
       'voc',

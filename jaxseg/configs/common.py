@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     'imagenet'  # 'imagenet' (RGB mean/std) or 'caffe' (BGR mean, 0-255: converted Caffe weights)
   )
   c.dataset.in_channels = 3
-  c.dataset.eval_size = ()  # () = evaluate at full resolution (padded to the batch's max size)
+  c.dataset.eval_size = ()  # () = full resolution, padded to the split's largest image
   c.dataset.num_workers = 0  # grain worker processes (0 = in-process)
   c.dataset.synthetic_size = 64  # image side of the generated dataset
   c.dataset.synthetic_train_examples = 512
@@ -153,7 +153,7 @@ def voc_aug(c: ml_collections.ConfigDict, crop_size, **dataset) -> ml_collection
 def dataset(
   c: ml_collections.ConfigDict, name: str, crop_size, *, eval_split: str = 'val', **fields
 ) -> ml_collections.ConfigDict:
-  """A prepared dataset other than VOC ('cityscapes', 'ade20k', 'camvid'): its train split and
+  """A prepared dataset other than VOC ('cityscapes', 'ade20k', 'camvid', 'folder'): its train split and
   `eval_split`, the class count from the prepared data; `fields` override further `c.dataset`
   fields."""
   c.dataset.update(

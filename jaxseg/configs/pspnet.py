@@ -19,14 +19,16 @@ single scale, ResNet-50 77.05 and ResNet-101 79.07 mIoU with semseg's
 deep-stem ImageNet weights (`deep_stem=True`); with torchvision ImageNet
 weights keep `deep_stem=False` (the default here).
 
-`:cityscapes` (2,975 fine training images, crop 713): paper result 78.4 mIoU on
-the Cityscapes test set with ResNet-101 trained on the fine annotations only
+`:cityscapes` (2,975 fine training images, crop 713; ResNet-50 unless
+`--config.model.kwargs.backbone=resnet101`): paper result 78.4 mIoU on the
+Cityscapes test set with ResNet-101 trained on the fine annotations only
 (80.2 with the coarse ones too). Evaluate the full 1024x2048 images as the
 paper does, in 713x713 windows: `jaxseg eval --checkpoint W --sliding_window 713`.
 
 `:ade20k` (SceneParse150, 20,210 training images, 150 classes, crop 473):
-paper result on the validation set, multi-scale testing, ResNet-50 41.68 mIoU
-and 80.04% pixel accuracy (ResNet-269: 44.94 / 81.69).
+paper result on the validation set with multi-scale testing, ResNet-50 41.68
+mIoU and 80.04% pixel accuracy (ResNet-269: 44.94 / 81.69); evaluate the same
+way with `jaxseg eval --checkpoint W --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip`.
 
 Data: `jaxseg prepare --dataset cityscapes|ade20k|voc ...` (README, "Datasets").
 Pretrained ResNet via `--config.model.backbone_weights=/path/resnet50-0676ba61.pth`.

@@ -2,7 +2,7 @@
 
 Run:    jaxseg train --config quickstart --workdir runs/quickstart
 Smoke:  jaxseg train --config quickstart:smoke --workdir /tmp/quickstart_smoke
-Folder: jaxseg train --config quickstart:folder --workdir runs/mydata \
+Folder: jaxseg train --config quickstart:folder --workdir runs/mydata \\
             --config.dataset.config=mydata --config.dataset.data_dir=tfds
 
 The dataset (jaxseg/data/synthetic.py) draws textured backgrounds with shape

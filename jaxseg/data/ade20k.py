@@ -125,9 +125,18 @@ def _is_root(folder: str) -> bool:
 
 
 def _layout_error(manual_dir: str) -> FileNotFoundError:
+  root = next(
+    (r for r in (os.path.join(manual_dir, ROOT), manual_dir) if os.path.isdir(r)), manual_dir
+  )
+  missing = [
+    f'{kind}/{sub}'
+    for kind in ('images', 'annotations')
+    for sub in SPLIT_FOLDERS.values()
+    if not os.path.isdir(os.path.join(root, kind, sub))
+  ]
   return FileNotFoundError(
-    f'manual_dir {manual_dir!r} does not hold ADE20K: expected {LAYOUT}; found neither '
-    f'{ROOT}/images/{{training,validation}} with annotations/ nor {ARCHIVE}.'
+    f'manual_dir {manual_dir!r} does not hold ADE20K: expected {LAYOUT}, or {ARCHIVE}; '
+    f'missing in {root}: {", ".join(missing)}.'
   )
 
 
@@ -200,4 +209,6 @@ class Ade20kSegmentation(builder_lib.SegmentationBuilder):
     return items
 
   def read_label(self, path: str) -> np.ndarray:
-    return builder_lib.map_ids(builder_lib.read_index_png(path), _TRAIN_IDS, path)
+    return builder_lib.map_ids(
+      builder_lib.read_index_png(path), _TRAIN_IDS, path, '0 (other) and the classes 1..150'
+    )

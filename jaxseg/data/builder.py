@@ -84,11 +84,15 @@ def read_index_png(path: str) -> np.ndarray:
     return np.asarray(im).astype(np.int64)
 
 
-def map_ids(ids: np.ndarray, table: np.ndarray, path: str) -> np.ndarray:
-  """Maps label ids through a 256-entry lookup table; ids outside it raise LabelError."""
+def map_ids(ids: np.ndarray, table: np.ndarray, path: str, expected: str = '') -> np.ndarray:
+  """Maps label ids through a lookup table; ids outside it raise LabelError.
+
+  `expected` says what the file should hold, for the message.
+  """
   if ids.size and (ids.min() < 0 or ids.max() >= len(table)):
     bad = np.unique(ids[(ids < 0) | (ids >= len(table))])
-    raise LabelError(f'{path}: ids {bad[:10].tolist()} are outside 0..{len(table) - 1}')
+    expected = expected or f'ids 0..{len(table) - 1}'
+    raise LabelError(f'{path}: values {bad[:10].tolist()} found, expected {expected}')
   return table[ids].astype(np.uint8)
 
 

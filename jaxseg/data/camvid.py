@@ -142,4 +142,6 @@ class CamvidSegmentation(builder_lib.SegmentationBuilder):
     return items
 
   def read_label(self, path: str) -> np.ndarray:
-    return builder_lib.map_ids(builder_lib.read_index_png(path), _TRAIN_IDS, path)
+    return builder_lib.map_ids(
+      builder_lib.read_index_png(path), _TRAIN_IDS, path, 'the classes 0..10 and 11 (void)'
+    )

@@ -264,7 +264,10 @@ def load_source(
   meta = dict(builder.info.metadata or {})
   size = (meta.get('splits') or {}).get(split, {}).get('max_image_size') or cls.MAX_IMAGE_SIZE
   if not size:
-    raise ValueError(f'{name} {config!r}: the prepared data does not record its image sizes.')
+    raise ValueError(
+      f'{name} {config!r}: the prepared data does not record its image sizes; prepare it again '
+      f'with --overwrite ({prepare_command(name, config, data_dir)} --overwrite).'
+    )
   import tensorflow_datasets as tfds
 
   skip = tfds.decode.SkipDecoding()
@@ -385,7 +388,7 @@ def class_statistics(name: str, split: str, *, config: str = '', data_dir: str |
 
   class_pixels[c]: pixels of class c; image_pixels[c]: the labelled pixels
   (ignore excluded) of the images where class c appears. Read from what preparation recorded, or
-  counted over the split's labels when the prepared data predates that record.
+  counted over the split's labels when the metadata has no per-split statistics.
   """
   info = dataset_info(name, config, data_dir=data_dir)
   n = info.num_classes

@@ -79,19 +79,22 @@ every such mask is listed with its values, and nothing is written.
 Prepare (once), then train; num_classes then comes from the prepared data:
 
   jaxseg prepare --dataset folder --config NAME --manual_dir DIR --data_dir OUT
-  jaxseg train --config unet --config.dataset.name=folder \\
+  jaxseg train --config fcn8s --config.dataset.name=folder \\
       --config.dataset.config=NAME --config.dataset.data_dir=OUT \\
       --config.dataset.train_split=train
 
-The train_split flag is for recipes made for VOC (such as unet), which train
-on VOC's 'train_aug'; a recipe that evaluates at a fixed
-config.dataset.eval_size needs it at least as large as the largest image.
+The train_split flag is for recipes made for VOC (such as fcn8s), which train
+on VOC's 'train_aug'. Recipes that evaluate on another split ('test' in the
+':camvid' variants) need --config.dataset.eval_split=val, and those with a
+fixed config.dataset.eval_size (deconvnet, unet, the ':camvid' variants) an
+eval_size at least as large as the largest image (or eval_size='()').
 `--config quickstart:folder` (a small U-Net) sets the dataset but NAME and OUT.
 
 NAME (letters, digits, '_', '-', '.') is the folder OUT/folder_segmentation/NAME.
 Preparing an already prepared NAME again leaves it as it is; when the files
 or options differ from those it was prepared from (other classes, options
-or number of pairs), that is an error naming the differences. A relative
+or number of pairs), that is an error naming the differences, and
+--overwrite prepares it again (the old data stays until the new is complete). A relative
 --classes PATH that does not exist is looked for in DIR.
 The prepared metadata.json holds, besides the class names, palette and label
 statistics of every split, the class file as read ('classes': its path,
@@ -340,6 +343,8 @@ class Settings:
         )
     if s.seed is not None and (isinstance(s.seed, bool) or not isinstance(s.seed, int)):
       raise TypeError(f'seed must be an integer, got {s.seed!r}.')
+    if s.seed is not None and s.seed < 0:
+      raise ValueError(f'--seed must be >= 0, got {s.seed}.')
     if s.unknown_color not in UNKNOWN_COLOR_MODES:
       raise ValueError(f"unknown_color must be 'error' or 'ignore', got {s.unknown_color!r}.")
     if not isinstance(s.reduce_zero_label, bool):

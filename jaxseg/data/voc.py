@@ -22,7 +22,7 @@ extracted `VOCdevkit/VOC2012` and `benchmark_RELEASE` folders, or the official
 archives `VOCtrainval_11-May-2012.tar` and `benchmark.tgz` (extracted to a
 temporary folder first):
 
-  jaxseg prepare --dataset voc --config 2012_aug \
+  jaxseg prepare --dataset voc --config 2012_aug \\
       --manual_dir DIR --data_dir OUT
 
 Unreadable or corrupt images/masks and image/mask size mismatches are skipped
@@ -48,6 +48,13 @@ from jaxseg.data.palette import VOC_CLASSES, voc_palette
 
 VOC_ARCHIVE = 'VOCtrainval_11-May-2012.tar'
 SBD_ARCHIVE = 'benchmark.tgz'
+# What the splits are read from, besides the images.
+VOC_FILES = (
+  'SegmentationClass',
+  'ImageSets/Segmentation/train.txt',
+  'ImageSets/Segmentation/val.txt',
+)
+SBD_FILES = ('img', 'cls', 'train.txt', 'val.txt')
 MAX_IMAGE_SIZE = (500, 500)  # VOC images are at most 500 pixels on each side
 SPLITS = {'2012': ('train', 'val'), '2012_aug': ('train_aug', 'val')}
 # (config, a split it lacks) -> (the config that has that split, this config's split in the same
@@ -146,6 +153,17 @@ def check_manual_dir(manual_dir: str, config_name: str) -> None:
       f"config '2012_aug' needs SBD: no benchmark_RELEASE/dataset folder (with cls/, img/) or "
       f'{SBD_ARCHIVE} in manual_dir {manual_dir!r}.'
     )
+  # Extracted folders: the files the splits are read from (an archive is checked once extracted).
+  if not os.path.isfile(os.path.join(manual_dir, VOC_ARCHIVE)):
+    _check_files(find_voc_root(manual_dir), VOC_FILES)
+  if config_name == '2012_aug' and not os.path.isfile(os.path.join(manual_dir, SBD_ARCHIVE)):
+    _check_files(find_sbd_root(manual_dir), SBD_FILES)
+
+
+def _check_files(root: str, names: tuple[str, ...]) -> None:
+  missing = [n for n in names if not os.path.exists(os.path.join(root, n))]
+  if missing:
+    raise FileNotFoundError(f'{root} has no {", ".join(missing)}.')
 
 
 _VOC_IDS = np.zeros(256, bool)
@@ -224,6 +242,7 @@ class VocSegmentation(builder_lib.SegmentationBuilder):
 
   def split_items(self, manual_dir: str) -> dict[str, list[builder_lib.Item]]:
     voc = find_voc_root(manual_dir)
+    _check_files(voc, VOC_FILES)
     seg_sets = os.path.join(voc, 'ImageSets', 'Segmentation')
     voc_train, voc_val = (_read_ids(os.path.join(seg_sets, f'{s}.txt')) for s in ('train', 'val'))
 
@@ -239,6 +258,7 @@ class VocSegmentation(builder_lib.SegmentationBuilder):
     if self.config_name == '2012':
       return {train_split: [voc_item(i) for i in voc_train], val_split: val}
     sbd = find_sbd_root(manual_dir)
+    _check_files(sbd, SBD_FILES)
     sbd_ids = _read_ids(os.path.join(sbd, 'train.txt')) + _read_ids(os.path.join(sbd, 'val.txt'))
     exclude = set(voc_val)
     train, seen = [], set()
