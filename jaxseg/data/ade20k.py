@@ -135,7 +135,7 @@ def _layout_error(manual_dir: str) -> FileNotFoundError:
     if not os.path.isdir(os.path.join(root, kind, sub))
   ]
   return FileNotFoundError(
-    f'manual_dir {manual_dir!r} does not hold ADE20K: expected {LAYOUT}, or {ARCHIVE}; '
+    f'manual_dir {manual_dir!r} does not hold ADE20K: expected {LAYOUT}; '
     f'missing in {root}: {", ".join(missing)}.'
   )
 

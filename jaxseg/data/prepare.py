@@ -77,7 +77,8 @@ def main(argv=None, prog=None) -> int:
   options = {k: getattr(args, k) for k in FOLDER_OPTIONS if getattr(args, k) is not None}
   if options and args.dataset != 'folder':
     given = ', '.join(f'--{k}' for k in options)
-    p.error(f'{given} only apply to --dataset folder, not {args.dataset}.')
+    verb = 'applies' if len(options) == 1 else 'apply'
+    p.error(f'{given} {verb} only to --dataset folder, not {args.dataset}.')
   if args.dataset == 'folder' and not args.config:
     p.error('--dataset folder needs --config NAME: the name to train it by.')
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
