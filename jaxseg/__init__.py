@@ -28,6 +28,7 @@ _LAZY = (
   'cli',
   'configs',
   'crf',
+  'deploy',
   'data',
   'heads',
   'inference',

@@ -28,7 +28,10 @@ COMMANDS = {
     'prepare a dataset from files on disk (nothing is downloaded)',
   ),
   'convert': ('jaxseg.weights.convert', 'convert PyTorch weights into a jaxseg checkpoint'),
-  'export': ('jaxseg.weights.export', 'write a jaxseg checkpoint as a PyTorch-layout state dict'),
+  'export': (
+    'jaxseg.weights.export',
+    'export a model: PyTorch-layout weights or StableHLO (runs without jaxseg)',
+  ),
   'benchmark': ('jaxseg.benchmarks.run', 'time the models against their PyTorch counterparts'),
 }
 

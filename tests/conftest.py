@@ -29,6 +29,7 @@ cpu_conv.configure_xla_flags()
 # so that fixture is built once instead of once per worker.
 ONE_WORKER_MODULES = (
   'test_backbone_checkpoints.py',
+  'test_export_stablehlo.py',
   'test_faults.py',
   'test_install.py',
   'test_train.py',

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -66,5 +67,7 @@ def check_image_batch(
       f'{name} expects a floating-point input (normalised image), got dtype {x.dtype}; '
       'normalise first, e.g. jaxseg.data.normalize(images) for uint8 RGB.'
     )
-  if min(shape[1], shape[2]) < min_size:
+  # Symbolic sizes (jax.export shape polymorphism) are checked when the artifact is called.
+  concrete = all(isinstance(d, (int, np.integer)) for d in shape[1:3])
+  if concrete and min(shape[1], shape[2]) < min_size:
     raise ValueError(f'{name} needs H and W >= {min_size}{min_size_reason}, got {shape[1:3]}.')

@@ -1,6 +1,13 @@
-"""Exports a jaxseg checkpoint to a PyTorch-layout state dict.
+"""Exports a jaxseg model: PyTorch-layout weights, or a StableHLO program that runs without jaxseg.
 
   jaxseg export --checkpoint DIR --output FILE.safetensors
+  jaxseg export --checkpoint WORKDIR --format stablehlo --size 375,500 --output model.jaxexport
+
+StableHLO (`--format stablehlo`, or an output ending in .jaxexport): DIR is a
+training workdir or a converted checkpoint; see `jaxseg.deploy.stablehlo` for
+the artifact's interface and `jaxseg/deploy/stablehlo_loader.py` to run it.
+
+PyTorch layout:
 
 DIR is a checkpoint written by `jaxseg convert` (or
 `jaxseg.weights.save_checkpoint`, e.g. after fine-tuning); its model must have a
@@ -50,11 +57,54 @@ def export_checkpoint(checkpoint: str, output: str) -> dict[str, np.ndarray]:
   return sd
 
 
+def _size(text: str) -> tuple[int, int]:
+  try:
+    h, w = (int(v) for v in text.replace('x', ',').split(','))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected H,W (e.g. 375,500), got {text!r}') from None
+  return h, w
+
+
 def main(argv=None, prog=None) -> int:
-  p = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
-  p.add_argument('--checkpoint', required=True, help='jaxseg checkpoint directory')
-  p.add_argument('--output', required=True, help='FILE.safetensors (or .npz)')
+  p = argparse.ArgumentParser(
+    prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument('--checkpoint', required=True, help='checkpoint directory (or training workdir)')
+  p.add_argument('--output', required=True, help='FILE.safetensors / .npz, or FILE.jaxexport')
+  p.add_argument(
+    '--format',
+    choices=['torch', 'stablehlo'],
+    default=None,
+    help='default: stablehlo for a .jaxexport output, else torch',
+  )
+  p.add_argument('--size', type=_size, default=None, help='stablehlo: the input H,W')
+  p.add_argument(
+    '--returns',
+    choices=['logits', 'classes'],
+    default='logits',
+    help='stablehlo: float32 logits (N, H, W, C) or the int32 class map (N, H, W)',
+  )
+  p.add_argument(
+    '--platforms', default='', help='stablehlo: e.g. cpu,cuda,tpu (default: this machine)'
+  )
   args = p.parse_args(argv)
+  fmt = args.format or ('stablehlo' if args.output.endswith('.jaxexport') else 'torch')
+  if fmt == 'stablehlo':
+    from jaxseg.deploy import stablehlo
+
+    platforms = tuple(x for x in args.platforms.split(',') if x) or None
+    meta = stablehlo.export_checkpoint(
+      args.checkpoint, args.output, input_size=args.size, returns=args.returns, platforms=platforms
+    )
+    h, w = meta['input_size']
+    print(
+      f'wrote {args.output} (+ .json): {meta.get("model", "model")} as StableHLO for '
+      f'{", ".join(meta["platforms"])}, input uint8 (N, {h}, {w}, 3), output {meta["output"]} '
+      f'({meta["num_classes"]} classes)'
+    )
+    return 0
+  if args.size or args.platforms or args.returns != 'logits':
+    p.error('--size, --returns and --platforms apply to --format stablehlo only.')
   sd = export_checkpoint(args.checkpoint, args.output)
   print(
     f'wrote {args.output}: {len(sd)} tensors in the PyTorch layout of {checkpoint_metadata(args.checkpoint)["name"]}'
