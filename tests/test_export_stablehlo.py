@@ -229,3 +229,12 @@ def test_jaxseg_export_from_a_training_workdir(tmp_path, capsys):
   with pytest.raises(SystemExit):
     export_cli.main(['--checkpoint', workdir, '--size', '24', '--output', out])
   assert "expected H,W (e.g. 375,500), got '24'" in capsys.readouterr().err
+
+
+def test_export_table_row(tmp_path):
+  from jaxseg.benchmarks import export_table
+
+  row = export_table.check_model('fcn32s', str(tmp_path))
+  assert row['stablehlo'] and row['runs'] and row['max_rel_diff'] < 1e-4
+  assert row['kwargs'] == {'width': 0.125} and row['size'] == [128, 128]
+  assert os.listdir(tmp_path) == []  # the artifacts of a row are removed
