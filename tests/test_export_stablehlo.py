@@ -236,5 +236,6 @@ def test_export_table_row(tmp_path):
 
   row = export_table.check_model('fcn32s', str(tmp_path))
   assert row['stablehlo'] and row['runs'] and row['max_rel_diff'] < 1e-4
+  assert row['output_abs_max'] > 1e-3  # a comparison of real outputs, not of zeros
   assert row['kwargs'] == {'width': 0.125} and row['size'] == [128, 128]
   assert os.listdir(tmp_path) == []  # the artifacts of a row are removed
