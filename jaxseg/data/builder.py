@@ -96,6 +96,15 @@ def map_ids(ids: np.ndarray, table: np.ndarray, path: str, expected: str = '') -
   return table[ids].astype(np.uint8)
 
 
+def add_label_statistics(label, class_pixels: np.ndarray, image_pixels: np.ndarray) -> None:
+  """Adds one label map's pixels per class, and its labelled pixels (ignore excluded, as
+  `losses.median_frequency_from_masks`) to each class it holds, in place."""
+  counts = np.bincount(np.asarray(label).ravel(), minlength=256)
+  n = len(class_pixels)
+  class_pixels += counts[:n]
+  image_pixels += np.where(counts[:n] > 0, counts.sum() - counts[IGNORE], 0)
+
+
 def encode_label(label: np.ndarray) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(label.astype(np.uint8), mode='L').save(buf, format='PNG')
@@ -289,10 +298,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, abc.ABC):
           split, key, 'size_mismatch', f'image {h}x{w} but label {label.shape[0]}x{label.shape[1]}'
         )
         continue
-      counts = np.bincount(label.ravel(), minlength=256)
-      class_pixels += counts[:num_classes]
-      # Labelled pixels of the image (ignore excluded), as `losses.median_frequency_from_masks`.
-      image_pixels += np.where(counts[:num_classes] > 0, label.size - counts[IGNORE], 0)
+      add_label_statistics(label, class_pixels, image_pixels)
       max_size = [max(max_size[0], h), max(max_size[1], w)]
       if not bad_labels:  # once the preparation is refused, nothing more needs writing
         written += 1

@@ -402,10 +402,10 @@ def class_statistics(name: str, split: str, *, config: str = '', data_dir: str |
   source = load_source(name, split, config=info.config, data_dir=data_dir)
   class_pixels = np.zeros(n, np.int64)
   image_pixels = np.zeros(n, np.int64)
+  from jaxseg.data.builder import add_label_statistics
+
   for i in range(len(source)):
-    counts = np.bincount(np.asarray(source[i]['label']).ravel(), minlength=256)
-    class_pixels += counts[:n]
-    image_pixels += np.where(counts[:n] > 0, counts.sum() - counts[IGNORE_INDEX], 0)
+    add_label_statistics(source[i]['label'], class_pixels, image_pixels)
   return class_pixels, image_pixels
 
 
